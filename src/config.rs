@@ -1,0 +1,444 @@
+//! Configuration: defaults, then the TOML file, then `SMSRELAY_<SECTION>__<KEY>`
+//! environment variables. Every key is described in `config/smsrelay.toml`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::phone::Region;
+use crate::domain::retry::RetryPolicy;
+
+/// The whole effective configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub dispatch: DispatchConfig,
+    pub validation: ValidationConfig,
+    pub provider: ProviderConfig,
+    pub housekeeping: HousekeepingConfig,
+    pub log: LogConfig,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Connection URL; a secret, so prefer `url_credential` in production.
+    pub url: Option<Secret>,
+    /// Name of a systemd credential (`LoadCredential=`) holding the URL.
+    pub url_credential: Option<String>,
+    pub pool_size: u32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            url_credential: None,
+            pool_size: 10,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[dispatch]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Name written to `locked_by` and `sms_attempt.instance`; defaults to host-pid.
+    pub instance_id: Option<String>,
+    pub batch_size: u32,
+    pub concurrency: u32,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    pub backoff_multiplier: f64,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            instance_id: None,
+            batch_size: 64,
+            concurrency: 16,
+            poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(120),
+            max_attempts: 8,
+            backoff_initial: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(3600),
+            backoff_multiplier: 3.0,
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+impl DispatchConfig {
+    /// The retry schedule these settings describe.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            initial: self.backoff_initial,
+            max: self.backoff_max,
+            multiplier: self.backoff_multiplier,
+        }
+    }
+}
+
+/// `[validation]`: checks made before a message is handed to a provider.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// ISO 3166-1 region for numbers stored in national form (e.g. "KE").
+    pub default_region: Option<String>,
+    /// Longer messages are declined, never truncated.
+    pub max_segments: u32,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self {
+            default_region: None,
+            max_segments: 10,
+        }
+    }
+}
+
+/// Which provider sends messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Dry run: logs the masked number and marks the message sent.
+    #[default]
+    Log,
+    /// POSTs JSON to a URL of your own.
+    Webhook,
+}
+
+/// `[provider]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    /// Whole-request timeout of one send.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub webhook: WebhookConfig,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            kind: ProviderKind::Log,
+            timeout: Duration::from_secs(10),
+            webhook: WebhookConfig::default(),
+        }
+    }
+}
+
+/// `[provider.webhook]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    pub url: Option<String>,
+    /// Sent as `Authorization: Bearer ...` when set.
+    pub token: Option<Secret>,
+    /// Name of a systemd credential holding the token.
+    pub token_credential: Option<String>,
+}
+
+/// `[housekeeping]`: maintenance jobs, as cron expressions with seconds.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HousekeepingConfig {
+    /// When to return rows whose lease expired to `pending`.
+    pub reaper: String,
+    /// Rows handled per reaper run.
+    pub reaper_batch: u32,
+}
+
+impl Default for HousekeepingConfig {
+    fn default() -> Self {
+        Self {
+            reaper: "*/15 * * * * *".into(),
+            reaper_batch: 1000,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter directive, e.g. `info` or `smsrelay=debug,sqlx=warn`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// A secret value: never printed, serialised as `"[redacted]"`.
+#[derive(Clone)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(SecretString::from(value.into()))
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("[redacted]")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret::new)
+    }
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("{0}")]
+    Load(String),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `SMSRELAY_*` variables, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile(path.to_owned()));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("SMSRELAY")
+                .prefix_separator("_")
+                .separator("__"),
+        );
+        let config: Config = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.database.url.is_none() && self.database.url_credential.is_none() {
+            return Err(invalid(
+                "database.url",
+                "is required (or set database.url_credential)",
+            ));
+        }
+        if self.database.pool_size == 0 {
+            return Err(invalid("database.pool_size", "must be at least 1"));
+        }
+        let d = &self.dispatch;
+        if d.batch_size == 0 {
+            return Err(invalid("dispatch.batch_size", "must be at least 1"));
+        }
+        if d.concurrency == 0 {
+            return Err(invalid("dispatch.concurrency", "must be at least 1"));
+        }
+        if d.max_attempts == 0 {
+            return Err(invalid("dispatch.max_attempts", "must be at least 1"));
+        }
+        if !(d.backoff_multiplier >= 1.0 && d.backoff_multiplier.is_finite()) {
+            return Err(invalid(
+                "dispatch.backoff_multiplier",
+                "must be a number >= 1",
+            ));
+        }
+        if d.backoff_initial > d.backoff_max {
+            return Err(invalid(
+                "dispatch.backoff_initial",
+                "must not exceed dispatch.backoff_max",
+            ));
+        }
+        if d.poll_interval.is_zero() {
+            return Err(invalid("dispatch.poll_interval", "must be more than 0s"));
+        }
+        if let Some(id) = &d.instance_id
+            && (id.is_empty() || id.len() > 200)
+        {
+            return Err(invalid(
+                "dispatch.instance_id",
+                "must be 1 to 200 characters",
+            ));
+        }
+        // A claimed batch must be sent and recorded before its lease runs out,
+        // or another instance would reclaim and send it again.
+        let rounds = d.batch_size.div_ceil(d.concurrency);
+        let worst_batch = self.provider.timeout * rounds;
+        if d.lease <= worst_batch + Duration::from_secs(5) {
+            return Err(invalid(
+                "dispatch.lease",
+                format!(
+                    "must exceed provider.timeout x ceil(batch_size / concurrency) + 5s = {}",
+                    humantime::format_duration(worst_batch + Duration::from_secs(5))
+                ),
+            ));
+        }
+        if self.provider.timeout.is_zero() {
+            return Err(invalid("provider.timeout", "must be more than 0s"));
+        }
+        if let Some(region) = &self.validation.default_region {
+            region
+                .parse::<Region>()
+                .map_err(|e| invalid("validation.default_region", e.to_string()))?;
+        }
+        if self.validation.max_segments == 0 {
+            return Err(invalid("validation.max_segments", "must be at least 1"));
+        }
+        if self.provider.kind == ProviderKind::Webhook {
+            let url = self.provider.webhook.url.as_deref().ok_or_else(|| {
+                invalid(
+                    "provider.webhook.url",
+                    "is required when provider.kind = \"webhook\"",
+                )
+            })?;
+            let parsed = reqwest::Url::parse(url)
+                .map_err(|e| invalid("provider.webhook.url", format!("is not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(invalid(
+                    "provider.webhook.url",
+                    "must be an http or https URL",
+                ));
+            }
+        }
+        crate::housekeeping::validate_cron(&self.housekeeping.reaper)
+            .map_err(|e| invalid("housekeeping.reaper", e))?;
+        if self.housekeeping.reaper_batch == 0 {
+            return Err(invalid("housekeeping.reaper_batch", "must be at least 1"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            invalid(
+                "log.level",
+                format!("is not a tracing filter directive: {e}"),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+
+    /// The database URL, from the config or from a systemd credential.
+    pub fn database_url(&self) -> Result<Secret, ConfigError> {
+        resolve_secret(
+            "database.url_credential",
+            self.database.url.as_ref(),
+            self.database.url_credential.as_deref(),
+        )
+        .and_then(|s| s.ok_or_else(|| invalid("database.url", "is required")))
+    }
+
+    /// The webhook bearer token, if configured.
+    pub fn webhook_token(&self) -> Result<Option<Secret>, ConfigError> {
+        resolve_secret(
+            "provider.webhook.token_credential",
+            self.provider.webhook.token.as_ref(),
+            self.provider.webhook.token_credential.as_deref(),
+        )
+    }
+
+    /// The instance id written to leases and attempts.
+    pub fn instance_id(&self) -> String {
+        self.dispatch.instance_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "smsrelay".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}
+
+/// A secret given inline wins; otherwise read `$CREDENTIALS_DIRECTORY/<name>`
+/// (systemd `LoadCredential=`), without its trailing newline.
+fn resolve_secret(
+    credential_key: &'static str,
+    inline: Option<&Secret>,
+    credential: Option<&str>,
+) -> Result<Option<Secret>, ConfigError> {
+    if let Some(secret) = inline {
+        return Ok(Some(secret.clone()));
+    }
+    let Some(name) = credential else {
+        return Ok(None);
+    };
+    if name.is_empty() || name.contains('/') {
+        return Err(invalid(credential_key, "must be a plain credential name"));
+    }
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+        invalid(
+            credential_key,
+            "is set but CREDENTIALS_DIRECTORY is not (run under systemd with LoadCredential=)",
+        )
+    })?;
+    let path = Path::new(&dir).join(name);
+    let value = std::fs::read_to_string(&path).map_err(|e| {
+        invalid(
+            credential_key,
+            format!("cannot read credential {name}: {e}"),
+        )
+    })?;
+    Ok(Some(Secret::new(value.trim_end_matches(['\r', '\n']))))
+}

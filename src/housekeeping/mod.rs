@@ -1,0 +1,88 @@
+//! Maintenance jobs on cron schedules (tokio-cron-scheduler, kept behind this
+//! module so it can be swapped). Each job guards itself with a database lock,
+//! so several instances can run the same schedule safely.
+
+use std::sync::Arc;
+
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+
+use crate::store::{ReapReport, Store, StoreError};
+
+/// Settings of the lease reaper.
+#[derive(Debug, Clone)]
+pub struct ReaperSettings {
+    pub schedule: String,
+    pub max_attempts: u32,
+    pub batch: u32,
+}
+
+/// Checks a cron expression (with a seconds field) the way the scheduler will read it.
+pub fn validate_cron(expression: &str) -> Result<(), String> {
+    Job::new_async(expression, |_, _| Box::pin(async {}))
+        .map(|_| ())
+        .map_err(|e| {
+            format!("is not a cron expression with seconds (e.g. \"*/15 * * * * *\"): {e}")
+        })
+}
+
+/// One reaper pass, in batches until nothing is left. Public for tests.
+pub async fn reap_once(
+    store: &dyn Store,
+    settings: &ReaperSettings,
+) -> Result<ReapReport, StoreError> {
+    let mut total = ReapReport::default();
+    loop {
+        let pass = store
+            .reap_expired_leases(settings.max_attempts, settings.batch)
+            .await?;
+        total.requeued += pass.requeued;
+        total.failed += pass.failed;
+        total.skipped |= pass.skipped;
+        if pass.skipped || pass.requeued + pass.failed < u64::from(settings.batch) {
+            break;
+        }
+    }
+    if total.requeued + total.failed > 0 {
+        tracing::warn!(
+            requeued = total.requeued,
+            failed = total.failed,
+            "recovered messages whose lease expired (an instance crashed or hung; they may have been sent)"
+        );
+    }
+    Ok(total)
+}
+
+/// The running maintenance jobs.
+pub struct Housekeeping {
+    scheduler: JobScheduler,
+}
+
+impl Housekeeping {
+    /// Schedules the jobs and starts them.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        reaper: ReaperSettings,
+    ) -> Result<Self, JobSchedulerError> {
+        let scheduler = JobScheduler::new().await?;
+        let schedule = reaper.schedule.clone();
+        let job = Job::new_async(schedule.as_str(), move |_, _| {
+            let store = store.clone();
+            let reaper = reaper.clone();
+            Box::pin(async move {
+                if let Err(e) = reap_once(store.as_ref(), &reaper).await {
+                    tracing::warn!(error = %e, "lease reaper failed; next run will retry");
+                }
+            })
+        })?;
+        scheduler.add(job).await?;
+        scheduler.start().await?;
+        Ok(Self { scheduler })
+    }
+
+    /// Stops scheduling new runs.
+    pub async fn stop(mut self) {
+        if let Err(e) = self.scheduler.shutdown().await {
+            tracing::debug!(error = %e, "housekeeping scheduler did not stop cleanly");
+        }
+    }
+}

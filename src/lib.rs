@@ -1,0 +1,14 @@
+//! smsrelay: the SMS outbox daemon of a core-banking platform.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod dispatch;
+pub mod domain;
+pub mod housekeeping;
+pub mod provider;
+pub mod shutdown;
+pub mod store;
+pub mod systemd;
+pub mod telemetry;

@@ -1,0 +1,218 @@
+//! POSTs each message as JSON to a URL of the operator's choosing.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+use super::{OutboundSms, Provider, SendOutcome};
+use crate::config::{Config, ConfigError, Secret};
+
+/// `[provider.webhook]`: `{"id", "to", "message"}` with an `Idempotency-Key` header.
+pub struct WebhookProvider {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    token: Option<Secret>,
+}
+
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    id: i64,
+    to: &'a str,
+    message: &'a str,
+}
+
+#[derive(serde::Deserialize)]
+struct Reply {
+    id: Option<serde_json::Value>,
+}
+
+impl WebhookProvider {
+    /// Builds the provider; `config` has been validated.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "provider.webhook.url",
+            message,
+        };
+        let url = config
+            .provider
+            .webhook
+            .url
+            .as_deref()
+            .ok_or_else(|| invalid("is required when provider.kind = \"webhook\"".into()))?;
+        let url = reqwest::Url::parse(url).map_err(|e| invalid(format!("is not a URL: {e}")))?;
+        let client = reqwest::Client::builder()
+            .timeout(config.provider.timeout)
+            .connect_timeout(config.provider.timeout.min(Duration::from_secs(5)))
+            // A redirected POST would silently become a GET: treat it as a failure instead.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("smsrelay/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| invalid(format!("cannot build HTTP client: {e}")))?;
+        Ok(Self {
+            client,
+            url,
+            token: config.webhook_token()?,
+        })
+    }
+}
+
+#[async_trait]
+impl Provider for WebhookProvider {
+    fn name(&self) -> &'static str {
+        "webhook"
+    }
+
+    async fn send(&self, sms: &OutboundSms<'_>) -> SendOutcome {
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            // Stable per message: a receiver can drop the duplicate of a retried send.
+            .header("Idempotency-Key", format!("sms-{}", sms.id))
+            .json(&Body {
+                id: sms.id,
+                to: sms.to.as_str(),
+                message: sms.message,
+            });
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.expose());
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                return SendOutcome::Transient {
+                    error: describe_request_error(&e),
+                    http_status: None,
+                    retry_after: None,
+                };
+            }
+        };
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        if status.is_success() {
+            // The reply body is optional; a provider id is a bonus, not a requirement.
+            let provider_message_id = response
+                .json::<Reply>()
+                .await
+                .ok()
+                .and_then(|reply| reply.id)
+                .and_then(|id| match id {
+                    serde_json::Value::String(s) if !s.is_empty() => Some(s),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
+                .map(|id| id.chars().take(200).collect());
+            return SendOutcome::Accepted {
+                provider_message_id,
+                http_status: Some(status.as_u16()),
+            };
+        }
+        classify_failure(status, retry_after)
+    }
+}
+
+/// Maps a non-2xx status to an outcome. The body is never quoted: it may echo the number or text.
+pub fn classify_failure(status: StatusCode, retry_after: Option<Duration>) -> SendOutcome {
+    let code = status.as_u16();
+    let transient = status.is_server_error()
+        || status.is_redirection()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS;
+    if transient {
+        SendOutcome::Transient {
+            error: format!("provider answered HTTP {code}"),
+            http_status: Some(code),
+            retry_after,
+        }
+    } else {
+        SendOutcome::Permanent {
+            error: format!("provider refused the message: HTTP {code}"),
+            http_status: Some(code),
+        }
+    }
+}
+
+/// A request error, without the URL (it may carry a secret).
+pub fn describe_request_error(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "request timed out"
+    } else if error.is_connect() {
+        "could not connect to provider"
+    } else if error.is_body() || error.is_decode() {
+        "provider connection broke mid-reply"
+    } else {
+        "request to provider failed"
+    };
+    let mut source = std::error::Error::source(error);
+    let mut detail = String::new();
+    while let Some(cause) = source {
+        detail = cause.to_string();
+        source = cause.source();
+    }
+    if detail.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}: {detail}")
+    }
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let at = time::PrimitiveDateTime::parse(value, &format)
+        .ok()?
+        .assume_utc();
+    let wait = at - time::OffsetDateTime::now_utc();
+    Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn statuses_are_classified() {
+        for code in [408, 429, 500, 502, 503] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert!(
+                matches!(
+                    classify_failure(status, None),
+                    SendOutcome::Transient { .. }
+                ),
+                "{code}"
+            );
+        }
+        for code in [400, 401, 403, 404, 422] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert!(
+                matches!(
+                    classify_failure(status, None),
+                    SendOutcome::Permanent { .. }
+                ),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("120"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(120)));
+        headers.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
+    }
+}

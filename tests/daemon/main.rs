@@ -1,0 +1,250 @@
+//! The real `smsrelay` binary: configuration errors, start-up against an
+//! absent database, SIGTERM, and what its logs may never contain.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::io::Read;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+fn smsrelay() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_smsrelay"));
+    // Start from a clean slate whatever the developer's shell exports.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SMSRELAY_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("run smsrelay")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn write_config(contents: &str) -> std::path::PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("smsrelay-test-{:016x}.toml", rand::random::<u64>()));
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_redacted() {
+    let file = write_config(
+        "[database]\nurl = \"postgres://smsrelay:hunter2@db.example/platform\"\n[dispatch]\nbatch_size = 32\n",
+    );
+    for args in [
+        vec!["--config", file.to_str().unwrap(), "check-config"],
+        vec!["check-config", "--config", file.to_str().unwrap()],
+    ] {
+        let output = run(smsrelay()
+            .args(&args)
+            .env("SMSRELAY_DISPATCH__LEASE", "90s"));
+        assert!(output.status.success(), "{}", stderr(&output));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("batch_size = 32"), "{stdout}");
+        assert!(
+            stdout.contains("lease = \"1m 30s\""),
+            "environment overrides the file: {stdout}"
+        );
+        assert!(stdout.contains("url = \"[redacted]\""), "{stdout}");
+        assert!(!stdout.contains("hunter2"), "{stdout}");
+    }
+}
+
+#[test]
+fn bad_configuration_names_the_key_and_exits_2() {
+    let cases: [(&[(&str, &str)], &str, &str); 5] = [
+        (
+            &[("SMSRELAY_DISPATCH__BATCH_SIZE", "lots")],
+            "",
+            "batch_size",
+        ),
+        (&[("SMSRELAY_DISPATCH__LEASE", "soon")], "", "lease"),
+        (&[], "[dispatch]\nbatchsize = 5\n", "batchsize"),
+        (
+            &[("SMSRELAY_VALIDATION__DEFAULT_REGION", "XX")],
+            "",
+            "validation.default_region",
+        ),
+        (
+            &[("SMSRELAY_HOUSEKEEPING__REAPER", "every minute")],
+            "",
+            "housekeeping.reaper",
+        ),
+    ];
+    for (env, file, key) in cases {
+        let path = write_config(&format!(
+            "[database]\nurl = \"postgres://127.0.0.1/x\"\n{file}"
+        ));
+        let output = run(smsrelay()
+            .args(["--config", path.to_str().unwrap(), "check-config"])
+            .envs(env.iter().copied()));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{env:?} {file:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(key),
+            "error names {key}: {}",
+            stderr(&output)
+        );
+    }
+    let output = run(smsrelay().args(["--config", "/nonexistent/smsrelay.toml", "run"]));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("/nonexistent/smsrelay.toml does not exist"),
+        "{}",
+        stderr(&output)
+    );
+    let output = run(smsrelay()
+        .args(["check-config"])
+        .env("SMSRELAY_PROVIDER__KIND", "webhook")
+        .env("SMSRELAY_DATABASE__URL", "postgres://x/y"));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("provider.webhook.url"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// Starts `smsrelay run` against `db` and `provider_url`, logging everything as JSON.
+fn start_daemon(db: &TestDb, provider_url: &str) -> Child {
+    smsrelay()
+        .arg("run")
+        .env("SMSRELAY_DATABASE__URL", &db.url)
+        .env("SMSRELAY_DATABASE__CONNECT_TIMEOUT", "1s")
+        .env("SMSRELAY_PROVIDER__KIND", "webhook")
+        .env("SMSRELAY_PROVIDER__WEBHOOK__URL", provider_url)
+        .env("SMSRELAY_VALIDATION__DEFAULT_REGION", "KE")
+        .env("SMSRELAY_DISPATCH__POLL_INTERVAL", "50ms")
+        .env("SMSRELAY_DISPATCH__BACKOFF_INITIAL", "10ms")
+        .env("SMSRELAY_DISPATCH__BACKOFF_MAX", "20ms")
+        .env("SMSRELAY_LOG__LEVEL", "trace")
+        .env("SMSRELAY_LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start smsrelay")
+}
+
+/// Sends SIGTERM and returns the exit status and everything logged.
+fn terminate(mut child: Child) -> (std::process::ExitStatus, String) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    (child.wait().unwrap(), logs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_contain_a_phone_number_or_a_message_body() {
+    let db = TestDb::new().await;
+    let provider = wiremock::MockServer::start().await;
+    // One accepted, one refused, one retried then accepted: every log path runs.
+    wiremock::Mock::given(wiremock::matchers::body_string_contains("refuse me"))
+        .respond_with(wiremock::ResponseTemplate::new(400))
+        .mount(&provider)
+        .await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&provider)
+        .await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(AcceptWithId)
+        .mount(&provider)
+        .await;
+    let child = start_daemon(&db, &provider.uri());
+
+    let sent = db
+        .insert(
+            1,
+            "0798 765 432",
+            "Wanjiku, your balance is KES 1,234,567.89",
+        )
+        .await;
+    let refused = db.insert(2, "+254 733 111 222", "refuse me, Otieno").await;
+    let invalid = db
+        .insert(3, "+1 555 0100 99999999", "Akinyi's PIN reminder")
+        .await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            db.status(sent).await == "sent"
+                && db.status(refused).await == "declined"
+                && db.status(invalid).await == "declined"
+        })
+        .await
+    );
+    let (status, logs) = terminate(child);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM ends the daemon cleanly:\n{logs}"
+    );
+    assert!(
+        logs.contains("smsrelay ready") && logs.contains("smsrelay stopped"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("+2547******32"),
+        "numbers appear masked: {logs}"
+    );
+    for secret in [
+        "798765432",
+        "0798 765 432",
+        "+254798765432",
+        "733111222",
+        "733 111 222",
+        "0100 9999",
+        "5550100",
+        "Wanjiku",
+        "1,234,567.89",
+        "Otieno",
+        "Akinyi",
+    ] {
+        assert!(!logs.contains(secret), "log output contains {secret:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_while_the_database_is_down_and_sends_once_it_is_back() {
+    let db = TestDb::new().await;
+    let provider = accepting_provider().await;
+    let id = db.insert(1, "+254712345678", "hello").await;
+    db.cut().await;
+    let mut child = start_daemon(&db, &provider.uri());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon keeps waiting for the database"
+    );
+    db.restore().await;
+    let sent = eventually(Duration::from_secs(60), || async {
+        db.status(id).await == "sent"
+    })
+    .await;
+    let (status, logs) = terminate(child);
+    assert!(sent, "{logs}");
+    assert_eq!(status.code(), Some(0));
+    assert!(logs.contains("database not reachable; retrying"), "{logs}");
+}
