@@ -20,7 +20,7 @@ pub struct PgStore {
 }
 
 /// Key of the advisory lock that keeps the reaper to one instance at a time.
-const REAPER_LOCK: i64 = 0x736d_7372_6561_70; // "smsreap"
+const REAPER_LOCK: i64 = 0x0073_6d73_7265_6170; // "smsreap"
 
 impl PgStore {
     /// A pool that connects on first use, so start-up survives a database that is still coming up.

@@ -538,8 +538,9 @@ async fn a_stale_outcome_write_changes_nothing() {
         before, after,
         "the row, its events and its attempts are untouched"
     );
-    assert_eq!(after.0.status.as_str(), "sending");
-    assert_eq!(after.0.locked_by.as_deref(), Some("node-b"));
+    let row = after.0.unwrap();
+    assert_eq!(row.status.as_str(), "sending");
+    assert_eq!(row.locked_by.as_deref(), Some("node-b"));
 
     // B's own write still applies.
     let report = store

@@ -133,8 +133,9 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         // Async drop does not exist: drop the database from a helper thread with its own runtime.
+        // WITH (FORCE) ends this test's own pooled sessions; closing the pool here
+        // instead would wait on the test's (now blocked) runtime.
         let name = self.name.clone();
-        let pool = self.pool.clone();
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -143,7 +144,6 @@ impl Drop for TestDb {
                 return;
             };
             rt.block_on(async move {
-                pool.close().await;
                 if let Ok(mut conn) = PgConnection::connect(&admin_url()).await {
                     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
