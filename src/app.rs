@@ -22,12 +22,7 @@ pub struct Application {
 impl Application {
     /// Builds the parts from a validated config; connects lazily.
     pub fn build(config: &Config) -> anyhow::Result<Self> {
-        let url = config.database_url()?;
-        let store = store::open(
-            url.expose(),
-            config.database.pool_size,
-            config.database.connect_timeout,
-        )?;
+        let store = store::open(&config.store_options()?)?;
         let provider = crate::provider::from_config(config)?;
         Ok(Self::from_parts(config, store, provider))
     }
@@ -106,8 +101,9 @@ pub async fn wait_for_database(
 
 /// `smsrelay migrate`: applies migrations once the database answers.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let url = config.database_url()?;
-    let store = store::open(url.expose(), 1, config.database.connect_timeout)?;
+    let mut options = config.store_options()?;
+    options.pool_size = 1;
+    let store = store::open(&options)?;
     let stop = CancellationToken::new();
     crate::shutdown::cancel_on_signal(stop.clone())?;
     if wait_for_database(store.as_ref(), &stop).await? {

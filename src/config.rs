@@ -19,6 +19,7 @@ pub struct Config {
     pub validation: ValidationConfig,
     pub provider: ProviderConfig,
     pub housekeeping: HousekeepingConfig,
+    pub directory: crate::store::DirectoryQueries,
     pub log: LogConfig,
 }
 
@@ -391,6 +392,16 @@ impl Config {
         .and_then(|s| s.ok_or_else(|| invalid("database.url", "is required")))
     }
 
+    /// How to open the store, with the URL resolved.
+    pub fn store_options(&self) -> Result<crate::store::StoreOptions, ConfigError> {
+        Ok(crate::store::StoreOptions {
+            url: self.database_url()?.expose().to_owned(),
+            pool_size: self.database.pool_size,
+            connect_timeout: self.database.connect_timeout,
+            directory: self.directory.clone(),
+        })
+    }
+
     /// The webhook bearer token, if configured.
     pub fn webhook_token(&self) -> Result<Option<Secret>, ConfigError> {
         resolve_secret(
@@ -400,13 +411,25 @@ impl Config {
         )
     }
 
-    /// The instance id written to leases and attempts.
+    /// The instance id written to leases and attempts: the configured one, or
+    /// host-pid-random. The random part keeps two hosts that cannot read
+    /// their hostname (sandboxed /proc) from sharing an id and each other's leases.
     pub fn instance_id(&self) -> String {
         self.dispatch.instance_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "smsrelay".into());
-            format!("{host}-{}", std::process::id())
+            let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+                .iter()
+                .find_map(|path| {
+                    std::fs::read_to_string(path)
+                        .ok()
+                        .map(|h| h.trim().to_owned())
+                        .filter(|h| !h.is_empty())
+                })
+                .unwrap_or_else(|| "smsrelay".into());
+            format!(
+                "{host}-{}-{:06x}",
+                std::process::id(),
+                rand::random::<u32>() & 0xff_ffff
+            )
         })
     }
 }

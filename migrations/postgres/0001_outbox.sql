@@ -27,6 +27,8 @@ CREATE TABLE sms (
     last_error          text,
     segments            integer,
     updated_at          timestamptz NOT NULL DEFAULT now(),
+    -- Set by POST /sms when the caller sends an Idempotency-Key header.
+    idempotency_key     text,
 
     CONSTRAINT sms_one_recipient CHECK ((client_id IS NULL) <> (staff_id IS NULL)),
     CONSTRAINT sms_status_known CHECK (status IN
@@ -48,6 +50,8 @@ CREATE INDEX sms_client_idx ON sms (client_id, id) WHERE client_id IS NOT NULL;
 CREATE INDEX sms_staff_idx ON sms (staff_id, id) WHERE staff_id IS NOT NULL;
 CREATE INDEX sms_status_idx ON sms (status, id);
 CREATE INDEX sms_created_idx ON sms (created_at, id);
+-- A retried POST /sms finds its first row.
+CREATE UNIQUE INDEX sms_idempotency_idx ON sms (idempotency_key) WHERE idempotency_key IS NOT NULL;
 -- Delivery reports find their message by the provider's id.
 CREATE INDEX sms_provider_message_idx ON sms (provider_message_id) WHERE provider_message_id IS NOT NULL;
 

@@ -20,6 +20,9 @@ use crate::provider::{OutboundSms, Provider, SendOutcome};
 use crate::store::{Store, StoreError};
 pub use validate::Rules;
 
+/// How often the heartbeat runs during a cycle (the unit's WatchdogSec is 30s).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
 /// How a dispatcher behaves; built from `[dispatch]` and `[validation]`.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -84,7 +87,18 @@ impl Dispatcher {
         let mut backoff = Duration::ZERO;
         while !stop.is_cancelled() {
             heartbeat();
-            match self.run_once(&stop).await {
+            // Keep the systemd watchdog fed while a long batch is in flight
+            // (sends are bounded by provider.timeout, database calls by connect_timeout).
+            let cycle = self.run_once(&stop);
+            tokio::pin!(cycle);
+            let mut ticks = tokio::time::interval(HEARTBEAT_EVERY);
+            let result = loop {
+                tokio::select! {
+                    result = &mut cycle => break result,
+                    _ = ticks.tick() => heartbeat(),
+                }
+            };
+            match result {
                 Ok(report) => {
                     backoff = Duration::ZERO;
                     // A full batch suggests more is due: go again at once.

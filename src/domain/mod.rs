@@ -27,6 +27,8 @@ pub struct NewSms {
     pub message: String,
     pub not_before: Option<OffsetDateTime>,
     pub expires_at: Option<OffsetDateTime>,
+    /// A client-chosen key (POST /sms `Idempotency-Key`): a retried request finds the first row.
+    pub idempotency_key: Option<String>,
 }
 
 /// A row this instance claimed: status `sending`, leased to us for `attempt`.

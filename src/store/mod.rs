@@ -8,7 +8,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::domain::{AttemptRecord, ClaimedSms, EventRecord, NewSms, Outcome, SmsRecord};
+use time::OffsetDateTime;
+
+use crate::domain::{
+    AttemptRecord, ClaimedSms, EventRecord, NewSms, Outcome, Recipient, SmsRecord, Status,
+};
 
 /// What went wrong talking to the database.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +27,8 @@ pub enum StoreError {
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("unsupported database URL scheme {0:?} (expected postgres://)")]
     UnsupportedUrl(String),
+    #[error("{0}")]
+    Directory(String),
     #[error("row {id}: {message}")]
     BadRow { id: i64, message: String },
 }
@@ -99,6 +105,128 @@ pub struct ReapReport {
     pub skipped: bool,
 }
 
+/// Columns `GET /sms` may order by, each mapped to fixed SQL (never user text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OrderBy {
+    #[default]
+    Id,
+    CreatedAt,
+    UpdatedAt,
+    SentAt,
+    Status,
+    ClientId,
+    StaffId,
+}
+
+impl OrderBy {
+    /// The SQL column, the same in every dialect.
+    pub fn column(self) -> &'static str {
+        match self {
+            OrderBy::Id => "id",
+            OrderBy::CreatedAt => "created_at",
+            OrderBy::UpdatedAt => "updated_at",
+            OrderBy::SentAt => "sent_at",
+            OrderBy::Status => "status",
+            OrderBy::ClientId => "client_id",
+            OrderBy::StaffId => "staff_id",
+        }
+    }
+}
+
+/// Filters of `GET /sms`; every set field must match.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SmsFilter {
+    pub client_id: Option<i64>,
+    pub staff_id: Option<i64>,
+    /// Any of these (empty: any status).
+    pub statuses: Vec<Status>,
+    /// Exact match on the stored number.
+    pub mobile_no: Option<String>,
+    /// `created_at >= created_from`.
+    pub created_from: Option<OffsetDateTime>,
+    /// `created_at < created_to` (exclusive, so a whole day is `[day, day + 1)`).
+    pub created_to: Option<OffsetDateTime>,
+}
+
+/// Which page of the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paging {
+    /// Classic paging with a total count; `orderBy` any allowed column, ties broken by id.
+    Offset { offset: u64, limit: u32 },
+    /// Keyset paging by id (ascending or descending) without a total count:
+    /// rows with id after `after_id` in the chosen direction.
+    Keyset { after_id: Option<i64>, limit: u32 },
+}
+
+/// A `GET /sms` query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmsQuery {
+    pub filter: SmsFilter,
+    /// For `Paging::Keyset` only `OrderBy::Id` is allowed (callers check).
+    pub order_by: OrderBy,
+    pub descending: bool,
+    pub paging: Paging,
+}
+
+/// One page of messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// Rows matching the filter, for offset paging; `None` for keyset paging.
+    pub total: Option<u64>,
+    pub items: Vec<SmsRecord>,
+    /// Keyset paging: whether rows remain after the last item.
+    pub has_more: bool,
+}
+
+/// What the platform's directory says about a client or staff member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// No such client / staff member.
+    NotFound,
+    /// Exists, but no mobile number is on record.
+    NoNumber,
+    /// The number on record now.
+    Found(String),
+}
+
+/// The SQL that finds a mobile number in the platform's own tables; `None`
+/// uses the dialect's default, which targets Fineract's schema
+/// (`SELECT mobile_no FROM m_client WHERE id = $1`, and `m_staff`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectoryQueries {
+    pub client_query: Option<String>,
+    pub staff_query: Option<String>,
+}
+
+/// Result of an enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: i64,
+    /// False when the idempotency key was already used: `id` is the earlier row.
+    pub created: bool,
+}
+
+/// Queue health for metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueStats {
+    /// Rows per status (every status present, zeros included).
+    pub by_status: Vec<(Status, u64)>,
+    /// Pending rows due now.
+    pub due: u64,
+    /// Age in seconds of the oldest due pending row (0 when none).
+    pub oldest_due_age_secs: f64,
+}
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub url: String,
+    pub pool_size: u32,
+    pub connect_timeout: Duration,
+    pub directory: DirectoryQueries,
+}
+
 /// The outbox as the daemon needs it.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -138,8 +266,21 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<ReapReport, StoreError>;
 
-    /// Inserts a new pending message, as the platform would.
-    async fn enqueue(&self, sms: &NewSms) -> Result<i64, StoreError>;
+    /// Inserts a new pending message, as the platform would. With an
+    /// idempotency key already used, inserts nothing and returns the earlier row.
+    async fn enqueue(&self, sms: &NewSms) -> Result<Enqueued, StoreError>;
+
+    /// A page of messages matching `query`.
+    async fn list(&self, query: &SmsQuery) -> Result<Page, StoreError>;
+
+    /// The recipient's mobile number, from the platform's directory tables.
+    async fn lookup_mobile(&self, recipient: Recipient) -> Result<Lookup, StoreError>;
+
+    /// Answers and has every embedded migration applied.
+    async fn ready(&self) -> Result<bool, StoreError>;
+
+    /// Counts for metrics.
+    async fn stats(&self) -> Result<QueueStats, StoreError>;
 
     /// One message.
     async fn get(&self, id: i64) -> Result<Option<SmsRecord>, StoreError>;
@@ -151,19 +292,14 @@ pub trait Store: Send + Sync + 'static {
     async fn events(&self, id: i64) -> Result<Vec<EventRecord>, StoreError>;
 }
 
-/// Opens the store the URL names (without connecting eagerly).
-pub fn open(
-    url: &str,
-    pool_size: u32,
-    connect_timeout: Duration,
-) -> Result<Arc<dyn Store>, StoreError> {
-    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+/// Opens the store the URL's scheme names (without connecting eagerly).
+pub fn open(options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+    let scheme = options
+        .url
+        .split_once("://")
+        .map_or("", |(scheme, _)| scheme);
     match scheme {
-        "postgres" | "postgresql" => Ok(Arc::new(postgres::PgStore::connect_lazy(
-            url,
-            pool_size,
-            connect_timeout,
-        )?)),
+        "postgres" | "postgresql" => Ok(Arc::new(postgres::PgStore::open(options)?)),
         other => Err(StoreError::UnsupportedUrl(other.to_owned())),
     }
 }

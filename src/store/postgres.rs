@@ -7,16 +7,30 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 
-use super::{Claim, ReapReport, RecordReport, Store, StoreError};
+use sqlx::migrate::Migrator;
+use sqlx::{AssertSqlSafe, Postgres, QueryBuilder};
+
+use super::{
+    Claim, Enqueued, Lookup, Page, Paging, QueueStats, ReapReport, RecordReport, SmsQuery, Store,
+    StoreError, StoreOptions,
+};
 use crate::domain::{
     AttemptRecord, ClaimedSms, EventRecord, NewSms, NextState, Outcome, Recipient, SmsRecord,
     Status,
 };
 
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Fineract's tables, the default directory.
+const CLIENT_QUERY: &str = "SELECT mobile_no FROM m_client WHERE id = $1";
+const STAFF_QUERY: &str = "SELECT mobile_no FROM m_staff WHERE id = $1";
+
 /// The outbox on PostgreSQL.
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    client_query: String,
+    staff_query: String,
 }
 
 /// Key of the advisory lock that keeps the reaper to one instance at a time.
@@ -24,17 +38,24 @@ const REAPER_LOCK: i64 = 0x0073_6d73_7265_6170; // "smsreap"
 
 impl PgStore {
     /// A pool that connects on first use, so start-up survives a database that is still coming up.
-    pub fn connect_lazy(
-        url: &str,
-        pool_size: u32,
-        connect_timeout: Duration,
-    ) -> Result<Self, StoreError> {
+    pub fn open(options: &StoreOptions) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
-            .max_connections(pool_size)
-            .acquire_timeout(connect_timeout)
-            .connect_lazy(url)
+            .max_connections(options.pool_size)
+            .acquire_timeout(options.connect_timeout)
+            .connect_lazy(&options.url)
             .map_err(StoreError::Database)?;
-        Ok(Self { pool })
+        let directory = &options.directory;
+        Ok(Self {
+            pool,
+            client_query: directory
+                .client_query
+                .clone()
+                .unwrap_or_else(|| CLIENT_QUERY.into()),
+            staff_query: directory
+                .staff_query
+                .clone()
+                .unwrap_or_else(|| STAFF_QUERY.into()),
+        })
     }
 
     /// The underlying pool, for tests and the API's ad-hoc queries.
@@ -204,10 +225,24 @@ event AS (
 )
 SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed') FROM reaped";
 
+// With a key already used, DO NOTHING returns no row and the caller looks the first one up.
 const ENQUEUE: &str = "
-INSERT INTO sms (client_id, staff_id, mobile_no, message, not_before, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO sms (client_id, staff_id, mobile_no, message, not_before, expires_at, idempotency_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id";
+
+const BY_IDEMPOTENCY_KEY: &str = "SELECT id FROM sms WHERE idempotency_key = $1";
+
+const SMS_COLUMNS: &str = "id, client_id, staff_id, mobile_no, message, status, attempts, segments, \
+    created_at, updated_at, not_before, expires_at, next_attempt_at, locked_by, lease_expires_at, \
+    sent_at, delivered_at, provider_message_id, last_error";
+
+const STATUS_COUNTS: &str = "SELECT status, count(*) FROM sms GROUP BY status";
+
+const DUE_STATS: &str = "
+SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(due_at))::float8, 0)
+FROM sms WHERE status = 'pending' AND due_at <= now()";
 
 const GET: &str = "
 SELECT id, client_id, staff_id, mobile_no, message, status, attempts, segments, created_at,
@@ -222,6 +257,56 @@ FROM sms_attempt WHERE sms_id = $1 ORDER BY attempt";
 const EVENTS: &str = "
 SELECT from_status, to_status, occurred_at, reason
 FROM sms_event WHERE sms_id = $1 ORDER BY id";
+
+/// Appends the WHERE clause of a list query; `keyset` adds the cursor condition.
+fn push_filter(sql: &mut QueryBuilder<Postgres>, query: &SmsQuery, keyset: bool) {
+    let f = &query.filter;
+    sql.push(" WHERE true");
+    if let Some(id) = f.client_id {
+        sql.push(" AND client_id = ").push_bind(id);
+    }
+    if let Some(id) = f.staff_id {
+        sql.push(" AND staff_id = ").push_bind(id);
+    }
+    if !f.statuses.is_empty() {
+        let names: Vec<&str> = f.statuses.iter().map(|s| s.as_str()).collect();
+        sql.push(" AND status = ANY(").push_bind(names).push(")");
+    }
+    if let Some(number) = &f.mobile_no {
+        sql.push(" AND mobile_no = ").push_bind(number.clone());
+    }
+    if let Some(from) = f.created_from {
+        sql.push(" AND created_at >= ").push_bind(from);
+    }
+    if let Some(to) = f.created_to {
+        sql.push(" AND created_at < ").push_bind(to);
+    }
+    if let (
+        true,
+        Paging::Keyset {
+            after_id: Some(after),
+            ..
+        },
+    ) = (keyset, query.paging)
+    {
+        sql.push(if query.descending {
+            " AND id < "
+        } else {
+            " AND id > "
+        })
+        .push_bind(after);
+    }
+}
+
+/// A failing directory query is a configuration problem; say which.
+fn directory_error(e: sqlx::Error) -> StoreError {
+    match StoreError::from(e) {
+        StoreError::Database(e) => StoreError::Directory(format!(
+            "the [directory] query failed ({e}); set directory.client_query / directory.staff_query for your schema"
+        )),
+        other => other,
+    }
+}
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -412,21 +497,135 @@ impl Store for PgStore {
         })
     }
 
-    async fn enqueue(&self, sms: &NewSms) -> Result<i64, StoreError> {
+    async fn enqueue(&self, sms: &NewSms) -> Result<Enqueued, StoreError> {
         let (client_id, staff_id) = match sms.recipient {
             Recipient::Client(id) => (Some(id), None),
             Recipient::Staff(id) => (None, Some(id)),
         };
-        let id: i64 = sqlx::query_scalar(ENQUEUE)
+        let inserted: Option<i64> = sqlx::query_scalar(ENQUEUE)
             .bind(client_id)
             .bind(staff_id)
             .bind(&sms.mobile_no)
             .bind(&sms.message)
             .bind(sms.not_before)
             .bind(sms.expires_at)
+            .bind(&sms.idempotency_key)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(id) = inserted {
+            return Ok(Enqueued { id, created: true });
+        }
+        let id: i64 = sqlx::query_scalar(BY_IDEMPOTENCY_KEY)
+            .bind(&sms.idempotency_key)
             .fetch_one(&self.pool)
             .await?;
-        Ok(id)
+        Ok(Enqueued { id, created: false })
+    }
+
+    async fn list(&self, query: &SmsQuery) -> Result<Page, StoreError> {
+        let direction = if query.descending { "DESC" } else { "ASC" };
+        let mut select = QueryBuilder::<Postgres>::new(format!("SELECT {SMS_COLUMNS} FROM sms"));
+        push_filter(&mut select, query, true);
+        let rows = match query.paging {
+            Paging::Offset { offset, limit } => {
+                // NULLs sort last either way so the order does not flip with the direction.
+                select
+                    .push(" ORDER BY ")
+                    .push(query.order_by.column())
+                    .push(" ")
+                    .push(direction)
+                    .push(" NULLS LAST, id ")
+                    .push(direction)
+                    .push(" LIMIT ")
+                    .push_bind(i64::from(limit))
+                    .push(" OFFSET ")
+                    .push_bind(i64::try_from(offset).unwrap_or(i64::MAX));
+                select.build().fetch_all(&self.pool).await?
+            }
+            Paging::Keyset { limit, .. } => {
+                select
+                    .push(" ORDER BY id ")
+                    .push(direction)
+                    .push(" LIMIT ")
+                    .push_bind(i64::from(limit) + 1);
+                select.build().fetch_all(&self.pool).await?
+            }
+        };
+        let mut items = rows
+            .iter()
+            .map(sms_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let (total, has_more) = match query.paging {
+            Paging::Offset { .. } => {
+                let mut count = QueryBuilder::<Postgres>::new("SELECT count(*) FROM sms");
+                push_filter(&mut count, query, false);
+                let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+                (Some(u64::try_from(total).unwrap_or(0)), false)
+            }
+            Paging::Keyset { limit, .. } => {
+                let more = items.len() > limit as usize;
+                items.truncate(limit as usize);
+                (None, more)
+            }
+        };
+        Ok(Page {
+            total,
+            items,
+            has_more,
+        })
+    }
+
+    async fn lookup_mobile(&self, recipient: Recipient) -> Result<Lookup, StoreError> {
+        let (sql, id) = match recipient {
+            Recipient::Client(id) => (&self.client_query, id),
+            Recipient::Staff(id) => (&self.staff_query, id),
+        };
+        // The directory SQL comes from the operator's config, never from a request.
+        let found: Option<Option<String>> = sqlx::query_scalar(AssertSqlSafe(sql.clone()))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(directory_error)?;
+        Ok(match found {
+            None => Lookup::NotFound,
+            Some(Some(number)) if !number.trim().is_empty() => Lookup::Found(number),
+            Some(_) => Lookup::NoNumber,
+        })
+    }
+
+    async fn ready(&self) -> Result<bool, StoreError> {
+        let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await
+                .or_else(|e| match &e {
+                    // No migrations table yet: reachable but not migrated.
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Ok(None),
+                    _ => Err(e),
+                })?;
+        Ok(applied.unwrap_or(0) >= latest)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
+        let counts: Vec<(String, i64)> =
+            sqlx::query_as(STATUS_COUNTS).fetch_all(&self.pool).await?;
+        let (due, oldest): (i64, f64) = sqlx::query_as(DUE_STATS).fetch_one(&self.pool).await?;
+        let by_status = Status::ALL
+            .iter()
+            .map(|status| {
+                let n = counts
+                    .iter()
+                    .find(|(name, _)| name == status.as_str())
+                    .map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
+                (*status, n)
+            })
+            .collect();
+        Ok(QueueStats {
+            by_status,
+            due: u64::try_from(due).unwrap_or(0),
+            oldest_due_age_secs: oldest.max(0.0),
+        })
     }
 
     async fn get(&self, id: i64) -> Result<Option<SmsRecord>, StoreError> {

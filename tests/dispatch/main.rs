@@ -657,7 +657,10 @@ async fn a_database_outage_mid_run_loses_nothing() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let store = smsrelay::store::open(&db.url, 5, Duration::from_secs(1)).unwrap();
+    let mut options = options(&db.url);
+    options.pool_size = 5;
+    options.connect_timeout = Duration::from_secs(1);
+    let store = smsrelay::store::open(&options).unwrap();
     let app = smsrelay::app::Application::from_parts(&config, store, webhook(&config));
     let stop = CancellationToken::new();
     let running = tokio::spawn(app.run_until_stopped(stop.clone()));

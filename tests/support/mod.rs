@@ -9,8 +9,8 @@ use smsrelay::config::{Config, ProviderKind};
 use smsrelay::dispatch::Dispatcher;
 use smsrelay::provider::Provider;
 use smsrelay::provider::webhook::WebhookProvider;
-use smsrelay::store::Store;
 use smsrelay::store::postgres::PgStore;
+use smsrelay::store::{Store, StoreOptions};
 use sqlx::postgres::PgPool;
 use sqlx::{Connection, PgConnection};
 use wiremock::MockServer;
@@ -26,6 +26,16 @@ pub fn with_database(url: &str, name: &str) -> String {
     let mut parsed = reqwest::Url::parse(url).expect("DATABASE_URL is a URL");
     parsed.set_path(&format!("/{name}"));
     parsed.to_string()
+}
+
+/// Store options for a test database URL, with Fineract's directory tables.
+pub fn options(url: &str) -> StoreOptions {
+    StoreOptions {
+        url: url.to_owned(),
+        pool_size: 10,
+        connect_timeout: Duration::from_secs(5),
+        directory: Default::default(),
+    }
 }
 
 /// A fresh, migrated database, dropped when the test ends.
@@ -49,7 +59,7 @@ impl TestDb {
             .expect("create test database");
         conn.close().await.ok();
         let url = with_database(&admin, &name);
-        let store = PgStore::connect_lazy(&url, 10, Duration::from_secs(5)).expect("pool");
+        let store = PgStore::open(&options(&url)).expect("pool");
         store.migrate().await.expect("migrations apply");
         let pool = store.pool().clone();
         TestDb {
