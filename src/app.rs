@@ -6,6 +6,8 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::ApiState;
+use crate::api::auth::Authenticator;
 use crate::config::Config;
 use crate::dispatch::{Dispatcher, Rules, Settings};
 use crate::housekeeping::{Housekeeping, ReaperSettings};
@@ -17,14 +19,52 @@ pub struct Application {
     pub store: Arc<dyn Store>,
     pub dispatcher: Arc<Dispatcher>,
     reaper: ReaperSettings,
+    /// The bound API listener and its router (None when `[api] enabled = false`).
+    api: Option<(std::net::TcpListener, axum::Router)>,
 }
 
 impl Application {
-    /// Builds the parts from a validated config; connects lazily.
+    /// Builds the parts from a validated config; connects lazily, binds the API now.
     pub fn build(config: &Config) -> anyhow::Result<Self> {
         let store = store::open(&config.store_options()?)?;
         let provider = crate::provider::from_config(config)?;
-        Ok(Self::from_parts(config, store, provider))
+        Self::from_parts(config, store, provider).with_api(config)
+    }
+
+    /// Binds `[api] listen` and prepares the router (no-op when the API is disabled).
+    pub fn with_api(mut self, config: &Config) -> anyhow::Result<Self> {
+        if !config.api.enabled {
+            return Ok(self);
+        }
+        let auth = Authenticator::from_config(&config.api)?;
+        if config.api.tokens.is_empty() {
+            tracing::warn!(
+                "no [[api.tokens]] configured: every /sms request will get 401 (create one with `smsrelay token new`)"
+            );
+        }
+        let state = ApiState {
+            store: self.store.clone(),
+            auth: Arc::new(auth),
+            wake: self.dispatcher.waker(),
+            rules: self.dispatcher.rules(),
+            default_limit: config.api.default_limit,
+            max_limit: config.api.max_limit,
+            metrics: crate::api::metrics::install(),
+        };
+        let listener = std::net::TcpListener::bind(config.api.listen).map_err(|e| {
+            anyhow::anyhow!(
+                "config key `api.listen`: cannot listen on {}: {e}",
+                config.api.listen
+            )
+        })?;
+        listener.set_nonblocking(true)?;
+        self.api = Some((listener, crate::api::router(state, &config.api)));
+        Ok(self)
+    }
+
+    /// Where the API listens, once bound.
+    pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
+        self.api.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Builds the parts around a given store and provider (tests use this).
@@ -57,23 +97,63 @@ impl Application {
             store,
             dispatcher,
             reaper,
+            api: None,
         }
     }
 
     /// Runs until `stop` is cancelled, then drains and returns.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
-        if !wait_for_database(self.store.as_ref(), &stop).await? {
-            return Ok(());
+        let Application {
+            store,
+            dispatcher,
+            reaper,
+            api,
+        } = self;
+        // The API answers from the start: /healthz at once, /readyz once the database is migrated.
+        let api = match api {
+            Some((listener, router)) => {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                tracing::info!(listen = %listener.local_addr()?, "API listening");
+                Some(tokio::spawn(crate::api::serve(
+                    listener,
+                    router,
+                    stop.clone(),
+                )))
+            }
+            None => None,
+        };
+        let result = run_dispatcher(store, &dispatcher, reaper, &stop).await;
+        // Whatever ended the dispatcher ends the API too.
+        stop.cancel();
+        if let Some(api) = api {
+            match api.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "API server ended with an error"),
+                Err(e) => tracing::warn!(error = %e, "API server task failed"),
+                Ok(Ok(())) => {}
+            }
         }
-        crate::systemd::ready();
-        tracing::info!("smsrelay ready");
-        let housekeeping = Housekeeping::start(self.store.clone(), self.reaper.clone()).await?;
-        self.dispatcher.run(stop, crate::systemd::watchdog).await;
-        crate::systemd::stopping();
-        housekeeping.stop().await;
         tracing::info!("smsrelay stopped");
-        Ok(())
+        result
     }
+}
+
+/// Waits for the database, then runs the dispatcher and housekeeping until `stop`.
+async fn run_dispatcher(
+    store: Arc<dyn Store>,
+    dispatcher: &Dispatcher,
+    reaper: ReaperSettings,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    if !wait_for_database(store.as_ref(), stop).await? {
+        return Ok(());
+    }
+    crate::systemd::ready();
+    tracing::info!("smsrelay ready");
+    let housekeeping = Housekeeping::start(store, reaper).await?;
+    dispatcher.run(stop.clone(), crate::systemd::watchdog).await;
+    crate::systemd::stopping();
+    housekeeping.stop().await;
+    Ok(())
 }
 
 /// Connects and migrates, retrying with backoff while the database is

@@ -27,6 +27,21 @@ pub enum Command {
     Migrate,
     /// Validate the configuration and print it, secrets redacted.
     CheckConfig,
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a fresh random token and the [[api.tokens]] entry to paste into the config.
+    New {
+        /// A name for the caller, e.g. "fineract" (shown in logs, scopes idempotency keys).
+        name: String,
+        /// sms:read and/or sms:send (repeat the flag for both).
+        #[arg(long = "scope", required = true, value_parser = ["sms:read", "sms:send"])]
+        scopes: Vec<String>,
+    },
 }
 
 /// Exit code for configuration errors.
@@ -34,6 +49,18 @@ const CONFIG_ERROR: u8 = 2;
 
 /// Runs the parsed command and returns the process exit code.
 pub fn execute(cli: Cli) -> ExitCode {
+    // Needs no configuration: it only prints.
+    if let Command::Token(TokenCommand::New { name, scopes }) = &cli.command {
+        let (token, digest) = crate::api::auth::new_token();
+        let scopes: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
+        // The token goes to stderr, the entry to stdout: `>> smsrelay.toml` stores only the digest.
+        eprintln!("token (shown once; give it to the caller): {token}");
+        println!("[[api.tokens]]");
+        println!("name = {name:?}");
+        println!("scopes = [{}]", scopes.join(", "));
+        println!("sha256 = \"{digest}\"");
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {

@@ -20,7 +20,73 @@ pub struct Config {
     pub provider: ProviderConfig,
     pub housekeeping: HousekeepingConfig,
     pub directory: crate::store::DirectoryQueries,
+    pub api: ApiConfig,
     pub log: LogConfig,
+}
+
+/// `[api]`: the HTTP API served beside the dispatcher.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub enabled: bool,
+    pub listen: std::net::SocketAddr,
+    /// Page size of GET /sms when `limit` is not given.
+    pub default_limit: u32,
+    /// Larger `limit` values are capped to this.
+    pub max_limit: u32,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            default_limit: 200,
+            max_limit: 1000,
+            body_limit: 16 * 1024,
+            request_timeout: Duration::from_secs(10),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Scope {
+    /// GET /sms, GET /sms/{id}.
+    #[serde(rename = "sms:read")]
+    Read,
+    /// POST /sms.
+    #[serde(rename = "sms:send")]
+    Send,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "sms:read",
+            Scope::Send => "sms:send",
+        }
+    }
+}
+
+/// `[[api.tokens]]`: one API credential; exactly one of `sha256`, `token_file`, `credential`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    /// Hex SHA-256 digest of the token (`smsrelay token new` prints it).
+    pub sha256: Option<String>,
+    /// A file holding the token itself.
+    pub token_file: Option<PathBuf>,
+    /// A systemd credential holding the token itself.
+    pub credential: Option<String>,
 }
 
 /// `[database]`
@@ -246,12 +312,12 @@ pub enum ConfigError {
     #[error("{0}")]
     Load(String),
     #[error("config key `{key}`: {message}")]
-    Invalid { key: &'static str, message: String },
+    Invalid { key: String, message: String },
 }
 
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         message: message.into(),
     }
 }
@@ -368,12 +434,70 @@ impl Config {
         if self.housekeeping.reaper_batch == 0 {
             return Err(invalid("housekeeping.reaper_batch", "must be at least 1"));
         }
+        self.validate_api()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             invalid(
                 "log.level",
                 format!("is not a tracing filter directive: {e}"),
             )
         })?;
+        Ok(())
+    }
+
+    fn validate_api(&self) -> Result<(), ConfigError> {
+        let api = &self.api;
+        if api.max_limit == 0 {
+            return Err(invalid("api.max_limit", "must be at least 1"));
+        }
+        if api.default_limit == 0 || api.default_limit > api.max_limit {
+            return Err(invalid(
+                "api.default_limit",
+                "must be between 1 and api.max_limit",
+            ));
+        }
+        if api.body_limit < 256 {
+            return Err(invalid("api.body_limit", "must be at least 256 bytes"));
+        }
+        if api.request_timeout.is_zero() {
+            return Err(invalid("api.request_timeout", "must be more than 0s"));
+        }
+        for (i, token) in api.tokens.iter().enumerate() {
+            let key = |field: &str| format!("api.tokens[{i}].{field}");
+            if token.name.trim().is_empty() {
+                return Err(invalid(key("name"), "must not be empty"));
+            }
+            if api.tokens[..i].iter().any(|t| t.name == token.name) {
+                return Err(invalid(
+                    key("name"),
+                    format!("{:?} is used twice", token.name),
+                ));
+            }
+            if token.scopes.is_empty() {
+                return Err(invalid(
+                    key("scopes"),
+                    "must list at least one of \"sms:read\", \"sms:send\"",
+                ));
+            }
+            let sources = [
+                token.sha256.is_some(),
+                token.token_file.is_some(),
+                token.credential.is_some(),
+            ];
+            if sources.iter().filter(|s| **s).count() != 1 {
+                return Err(invalid(
+                    format!("api.tokens[{i}]"),
+                    "needs exactly one of sha256, token_file, credential",
+                ));
+            }
+            if let Some(digest) = &token.sha256
+                && (digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(invalid(
+                    key("sha256"),
+                    "must be 64 hex digits (smsrelay token new prints one)",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -434,34 +558,37 @@ impl Config {
     }
 }
 
-/// A secret given inline wins; otherwise read `$CREDENTIALS_DIRECTORY/<name>`
-/// (systemd `LoadCredential=`), without its trailing newline.
-fn resolve_secret(
-    credential_key: &'static str,
+/// A secret given inline wins; otherwise read the systemd credential, if named.
+pub(crate) fn resolve_secret(
+    credential_key: &str,
     inline: Option<&Secret>,
     credential: Option<&str>,
 ) -> Result<Option<Secret>, ConfigError> {
     if let Some(secret) = inline {
         return Ok(Some(secret.clone()));
     }
-    let Some(name) = credential else {
-        return Ok(None);
-    };
+    credential
+        .map(|name| read_credential(credential_key, name).map(Secret::new))
+        .transpose()
+}
+
+/// Reads `$CREDENTIALS_DIRECTORY/<name>` (systemd `LoadCredential=`) without its trailing newline.
+pub(crate) fn read_credential(key: &str, name: &str) -> Result<String, ConfigError> {
     if name.is_empty() || name.contains('/') {
-        return Err(invalid(credential_key, "must be a plain credential name"));
+        return Err(invalid(key, "must be a plain credential name"));
     }
     let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
         invalid(
-            credential_key,
+            key,
             "is set but CREDENTIALS_DIRECTORY is not (run under systemd with LoadCredential=)",
         )
     })?;
-    let path = Path::new(&dir).join(name);
-    let value = std::fs::read_to_string(&path).map_err(|e| {
-        invalid(
-            credential_key,
-            format!("cannot read credential {name}: {e}"),
-        )
-    })?;
-    Ok(Some(Secret::new(value.trim_end_matches(['\r', '\n']))))
+    read_secret_file(key, &Path::new(&dir).join(name))
+}
+
+/// Reads a file holding one secret, without its trailing newline.
+pub(crate) fn read_secret_file(key: &str, path: &Path) -> Result<String, ConfigError> {
+    let value = std::fs::read_to_string(path)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    Ok(value.trim_end_matches(['\r', '\n']).to_owned())
 }

@@ -1,6 +1,7 @@
 //! smsrelay: the SMS outbox daemon of a core-banking platform.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -76,6 +76,11 @@ impl Dispatcher {
         }
     }
 
+    /// The validation rules applied before sending (the API applies them too).
+    pub fn rules(&self) -> Rules {
+        self.settings.rules
+    }
+
     /// A handle that makes the dispatcher look for work now instead of at its next poll.
     pub fn waker(&self) -> Arc<Notify> {
         self.wake.clone()
@@ -147,6 +152,7 @@ impl Dispatcher {
             return Ok(report);
         }
         tracing::debug!(count = claim.messages.len(), "claimed batch");
+        metrics::histogram!("smsrelay_claim_batch_size").record(claim.messages.len() as f64);
 
         let mut outcomes = Vec::with_capacity(claim.messages.len());
         let mut unsent = Vec::new();
@@ -191,7 +197,11 @@ impl Dispatcher {
                     message: &message,
                     segments: ready.segments,
                 };
-                TaskEnd::Done(provider.send(&outbound).await)
+                let started = std::time::Instant::now();
+                let result = provider.send(&outbound).await;
+                metrics::histogram!("smsrelay_send_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                TaskEnd::Done(result)
             });
             in_flight.insert(handle.id(), sms);
         }
@@ -258,6 +268,7 @@ impl Dispatcher {
         }
 
         for o in &outcomes {
+            metrics::counter!("smsrelay_sends_total", "outcome" => o.outcome.as_str()).increment(1);
             match o.next {
                 NextState::Sent => report.sent += 1,
                 NextState::Retry(_) => report.retried += 1,
@@ -272,6 +283,7 @@ impl Dispatcher {
             .await?;
         report.stale = recorded.stale;
         if recorded.stale > 0 {
+            metrics::counter!("smsrelay_stale_writes_total").increment(recorded.stale);
             tracing::warn!(
                 stale = recorded.stale,
                 "outcomes not recorded: the rows were no longer leased to this instance (lease expired and reclaimed?); they may be sent twice"

@@ -31,10 +31,7 @@ struct Reply {
 impl WebhookProvider {
     /// Builds the provider; `config` has been validated.
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid {
-            key: "provider.webhook.url",
-            message,
-        };
+        let invalid = |message: String| crate::config::invalid("provider.webhook.url", message);
         let url = config
             .provider
             .webhook

@@ -1,0 +1,136 @@
+//! The HTTP API served beside the dispatcher: `/sms` for the platform's
+//! screens and operators, health and metrics for the host, `/openapi.json`
+//! generated from the handlers themselves so it cannot drift.
+
+pub mod auth;
+pub mod error;
+pub mod health;
+pub mod json;
+pub mod metrics;
+pub mod sms;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::config::ApiConfig;
+use crate::dispatch::Rules;
+use crate::store::Store;
+use auth::Authenticator;
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub auth: Arc<Authenticator>,
+    /// Wakes the dispatcher after POST /sms so it does not wait for its next poll.
+    pub wake: Arc<Notify>,
+    pub rules: Rules,
+    pub default_limit: u32,
+    pub max_limit: u32,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "smsrelay",
+        description = "SMS outbox of a core-banking platform: list and inspect messages, queue one for a client or a staff member. Errors use the platform's shape (ErrorBody)."
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "sms", description = "Messages"), (name = "ops", description = "Health and metrics"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token from `smsrelay token new`, configured under [[api.tokens]]",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every documented route: the router and the OpenAPI document come from here.
+fn documented_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(sms::list_sms, sms::create_sms))
+        .routes(routes!(sms::get_sms))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(metrics::metrics))
+}
+
+/// The OpenAPI document as served at `/openapi.json`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    documented_routes().into_openapi()
+}
+
+/// The routes with their middleware.
+pub fn router(state: ApiState, config: &ApiConfig) -> Router {
+    let (router, openapi) = documented_routes().split_for_parts();
+    let openapi = Arc::new(openapi);
+    router
+        .route(
+            "/openapi.json",
+            get(move || async move { Json(openapi.as_ref().clone()) }),
+        )
+        .fallback(|| async { ApiError::not_found("No such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "error.msg.method.not.allowed",
+                "Method not allowed on this route",
+            )
+        })
+        .with_state(state)
+        .layer(axum::middleware::from_fn(metrics::track))
+        .layer(DefaultBodyLimit::max(config.body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            config.request_timeout,
+        ))
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("API handler panicked");
+            ApiError::internal().into_response()
+        }))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            axum::http::header::AUTHORIZATION,
+        ]))
+}
+
+/// Serves until `stop`, then lets requests in progress finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+}
