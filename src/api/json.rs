@@ -74,8 +74,13 @@ where
                 .next()
                 .unwrap_or(&message)
                 .to_owned();
+            // A path like "[0]" means the body is not an object at all.
             let parameter =
-                unknown_field(&message).unwrap_or(if path == "." { "body".into() } else { path });
+                unknown_field(&message).unwrap_or(if path == "." || path.starts_with('[') {
+                    "body".into()
+                } else {
+                    path
+                });
             // serde quotes the refused value ("invalid type: string \"+2547...\""), which may be
             // personal data: keep only what was expected.
             let message = match message.split_once(", expected ") {

@@ -25,7 +25,7 @@ pub fn install() -> Option<PrometheusHandle> {
                 .set_buckets_for_metric(Matcher::Full("smsrelay_send_duration_seconds".into()), &latency)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full("smsrelay_api_request_duration_seconds".into()), &latency))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full("smsrelay_claim_batch_size".into()), &batches));
-            match builder.and_then(|b| b.install_recorder().map_err(Into::into)) {
+            match builder.and_then(|b| b.install_recorder()) {
                 Ok(handle) => Some(handle),
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
