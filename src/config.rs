@@ -254,6 +254,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// Our own info, and only warnings from chatty dependencies.
+pub const DEFAULT_LOG_LEVEL: &str = "info,sqlx=warn,tokio_cron_scheduler=warn";
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -266,7 +269,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            level: "info".into(),
+            level: DEFAULT_LOG_LEVEL.into(),
             format: LogFormat::Text,
         }
     }
