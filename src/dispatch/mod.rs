@@ -157,7 +157,8 @@ impl Dispatcher {
         let mut outcomes = Vec::with_capacity(claim.messages.len());
         let mut unsent = Vec::new();
         let mut tasks = JoinSet::new();
-        let mut in_flight: HashMap<tokio::task::Id, ClaimedSms> = HashMap::new();
+        // What each send task carries: the claimed row and its segment count.
+        let mut in_flight: HashMap<tokio::task::Id, (ClaimedSms, u32)> = HashMap::new();
         let permits = Arc::new(Semaphore::new(s.concurrency as usize));
 
         for sms in claim.messages {
@@ -182,7 +183,8 @@ impl Dispatcher {
             let provider = self.provider.clone();
             let permits = permits.clone();
             let stop = stop.clone();
-            let (id, attempt, message) = (sms.id, sms.attempt, sms.message.clone());
+            let (id, attempt, message, segments) =
+                (sms.id, sms.attempt, sms.message.clone(), ready.segments);
             let handle = tasks.spawn(async move {
                 // Waiting for a slot is abandoned at shutdown; a started request is not.
                 let _permit = tokio::select! {
@@ -203,7 +205,7 @@ impl Dispatcher {
                     .record(started.elapsed().as_secs_f64());
                 TaskEnd::Done(result)
             });
-            in_flight.insert(handle.id(), sms);
+            in_flight.insert(handle.id(), (sms, segments));
         }
 
         // Collect results; once shutdown starts, in-flight sends get `shutdown_grace`.
@@ -235,12 +237,12 @@ impl Dispatcher {
                 Ok((task_id, end)) => (task_id, Ok(end)),
                 Err(e) => (e.id(), Err(e)),
             };
-            let Some(sms) = in_flight.remove(&task_id) else {
+            let Some((sms, segments)) = in_flight.remove(&task_id) else {
                 continue;
             };
             match end {
                 Ok(TaskEnd::NotStarted) => unsent.push((sms.id, sms.attempt)),
-                Ok(TaskEnd::Done(result)) => outcomes.push(self.decide(&sms, result)),
+                Ok(TaskEnd::Done(result)) => outcomes.push(self.decide(&sms, segments, result)),
                 Err(e) => {
                     let (outcome, error) = if e.is_cancelled() {
                         (
@@ -255,6 +257,7 @@ impl Dispatcher {
                     };
                     let mut o = self.decide(
                         &sms,
+                        segments,
                         SendOutcome::Transient {
                             error,
                             http_status: None,
@@ -302,7 +305,7 @@ impl Dispatcher {
     }
 
     /// Turns a provider's answer into the next state, applying the retry policy.
-    fn decide(&self, sms: &ClaimedSms, result: SendOutcome) -> Outcome {
+    fn decide(&self, sms: &ClaimedSms, segments: u32, result: SendOutcome) -> Outcome {
         let base = Outcome {
             id: sms.id,
             attempt: sms.attempt,
@@ -311,7 +314,7 @@ impl Dispatcher {
             http_status: None,
             provider_message_id: None,
             error: None,
-            segments: None,
+            segments: Some(segments),
             reason: String::new(),
         };
         match result {
@@ -321,7 +324,6 @@ impl Dispatcher {
             } => Outcome {
                 http_status,
                 provider_message_id,
-                segments: Some(crate::domain::segments::count_segments(&sms.message).segments),
                 reason: format!("accepted by provider {}", self.provider.name()),
                 ..base
             },
