@@ -269,3 +269,45 @@ async fn starts_while_the_database_is_down_and_sends_once_it_is_back() {
     assert_eq!(status.code(), Some(0));
     assert!(logs.contains("database not reachable; retrying"), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tells_systemd_ready_watchdog_and_stopping() {
+    let db = TestDb::new().await;
+    let provider = accepting_provider().await;
+    let socket_path = std::env::temp_dir().join(format!(
+        "smsrelay-notify-{:016x}.sock",
+        rand::random::<u64>()
+    ));
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_smsrelay"));
+    command
+        .arg("run")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("SMSRELAY_DATABASE__URL", &db.url)
+        .env("SMSRELAY_API__LISTEN", "127.0.0.1:0")
+        .env("SMSRELAY_PROVIDER__KIND", "webhook")
+        .env("SMSRELAY_PROVIDER__WEBHOOK__URL", provider.uri())
+        .stderr(Stdio::piped());
+    let child = command.spawn().unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 256];
+    while !(received.iter().any(|m: &String| m.contains("READY=1"))
+        && received.iter().any(|m| m.contains("WATCHDOG=1")))
+    {
+        let n = socket.recv(&mut buffer).expect("a notification within 20s");
+        received.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+    }
+    let (status, logs) = terminate(child);
+    assert_eq!(status.code(), Some(0), "{logs}");
+    // Watchdog pings queued before the stop come first.
+    while !received.iter().any(|m| m.contains("STOPPING=1")) {
+        let n = socket
+            .recv(&mut buffer)
+            .unwrap_or_else(|e| panic!("STOPPING=1 at shutdown ({e}): {received:?}"));
+        received.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+    }
+    let _ = std::fs::remove_file(&socket_path);
+}
