@@ -131,6 +131,11 @@ impl OrderBy {
             OrderBy::StaffId => "staff_id",
         }
     }
+
+    /// Whether the column can be NULL (those sort last in both directions).
+    pub fn nullable(self) -> bool {
+        matches!(self, OrderBy::SentAt | OrderBy::ClientId | OrderBy::StaffId)
+    }
 }
 
 /// Filters of `GET /sms`; every set field must match.

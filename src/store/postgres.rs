@@ -11,8 +11,8 @@ use sqlx::migrate::Migrator;
 use sqlx::{AssertSqlSafe, Postgres, QueryBuilder};
 
 use super::{
-    Claim, Enqueued, Lookup, Page, Paging, QueueStats, ReapReport, RecordReport, SmsQuery, Store,
-    StoreError, StoreOptions,
+    Claim, Enqueued, Lookup, OrderBy, Page, Paging, QueueStats, ReapReport, RecordReport, SmsQuery,
+    Store, StoreError, StoreOptions,
 };
 use crate::domain::{
     AttemptRecord, ClaimedSms, EventRecord, NewSms, NextState, Outcome, Recipient, SmsRecord,
@@ -528,13 +528,22 @@ impl Store for PgStore {
         push_filter(&mut select, query, true);
         let rows = match query.paging {
             Paging::Offset { offset, limit } => {
-                // NULLs sort last either way so the order does not flip with the direction.
+                select.push(" ORDER BY ");
+                if query.order_by != OrderBy::Id {
+                    // NULLs last either way, so the order does not flip with the direction;
+                    // only for nullable columns, where it cannot stop an index from serving the order.
+                    select
+                        .push(query.order_by.column())
+                        .push(" ")
+                        .push(direction)
+                        .push(if query.order_by.nullable() {
+                            " NULLS LAST, "
+                        } else {
+                            ", "
+                        });
+                }
                 select
-                    .push(" ORDER BY ")
-                    .push(query.order_by.column())
-                    .push(" ")
-                    .push(direction)
-                    .push(" NULLS LAST, id ")
+                    .push("id ")
                     .push(direction)
                     .push(" LIMIT ")
                     .push_bind(i64::from(limit))
