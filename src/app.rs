@@ -36,12 +36,22 @@ impl Application {
         if !config.api.enabled {
             return Ok(self);
         }
-        let auth = Authenticator::from_config(&config.api)?;
-        if config.api.tokens.is_empty() {
+        let dev_file = &config.api.dev_token_file;
+        let auth = if !config.api.tokens.is_empty() {
+            Authenticator::from_config(&config.api)?
+        } else if !dev_file.as_os_str().is_empty() {
+            let auth = crate::api::auth::dev_token(dev_file)?;
             tracing::warn!(
-                "no [[api.tokens]] configured: every /sms request will get 401 (create one with `smsrelay token new`)"
+                file = %dev_file.display(),
+                "no [[api.tokens]] configured: the API accepts the development token kept in this file (sms:read, sms:send); configure tokens for production"
             );
-        }
+            auth
+        } else {
+            tracing::warn!(
+                "no [[api.tokens]] configured and api.dev_token_file is empty: every /sms request will get 401 (create a token with `smsrelay token new`)"
+            );
+            Authenticator::default()
+        };
         let state = ApiState {
             store: self.store.clone(),
             auth: Arc::new(auth),

@@ -39,6 +39,9 @@ pub struct ApiConfig {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     pub tokens: Vec<TokenConfig>,
+    /// With no `tokens`, a development token (both scopes) is kept in this
+    /// file, created with mode 0600 on first start; "" disables it.
+    pub dev_token_file: PathBuf,
 }
 
 impl Default for ApiConfig {
@@ -51,6 +54,7 @@ impl Default for ApiConfig {
             body_limit: 16 * 1024,
             request_timeout: Duration::from_secs(10),
             tokens: Vec::new(),
+            dev_token_file: PathBuf::from("smsrelay-api-token"),
         }
     }
 }

@@ -142,6 +142,44 @@ impl FromRequestParts<ApiState> for Caller {
     }
 }
 
+/// Name of the development token in logs and idempotency keys.
+pub const DEV_TOKEN_NAME: &str = "dev";
+
+/// Reads the development token from `path`, creating it (mode 0600) on first
+/// start. Used only when no `[[api.tokens]]` are configured, so that a first
+/// run can call the API at once; the token itself is never logged.
+pub fn dev_token(path: &std::path::Path) -> Result<Authenticator, ConfigError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = "api.dev_token_file";
+    let token = match std::fs::read_to_string(path) {
+        Ok(existing) => existing.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (token, _) = new_token();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| invalid(key, format!("cannot create {}: {e}", path.display())))?;
+            writeln!(file, "{token}")
+                .map_err(|e| invalid(key, format!("cannot write {}: {e}", path.display())))?;
+            token
+        }
+        Err(e) => return Err(invalid(key, format!("cannot read {}: {e}", path.display()))),
+    };
+    if token.is_empty() {
+        return Err(invalid(key, format!("{} is empty", path.display())));
+    }
+    Ok(Authenticator {
+        tokens: vec![Known {
+            name: DEV_TOKEN_NAME.into(),
+            scopes: vec![Scope::Read, Scope::Send],
+            digest: sha256(token.as_bytes()),
+        }],
+    })
+}
+
 /// A fresh random token and its hex SHA-256 digest.
 pub fn new_token() -> (String, String) {
     let bytes: [u8; 32] = rand::random();

@@ -10,8 +10,16 @@ use std::time::Duration;
 
 use support::*;
 
+/// A fresh empty working directory (the daemon keeps its dev token file there).
+fn workdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("smsrelay-work-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 fn smsrelay() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_smsrelay"));
+    command.current_dir(workdir());
     // Start from a clean slate whatever the developer's shell exports.
     for (key, _) in std::env::vars() {
         if key.starts_with("SMSRELAY_") {
@@ -282,7 +290,7 @@ async fn tells_systemd_ready_watchdog_and_stopping() {
     socket
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_smsrelay"));
+    let mut command = smsrelay();
     command
         .arg("run")
         .env("NOTIFY_SOCKET", &socket_path)
@@ -310,4 +318,77 @@ async fn tells_systemd_ready_watchdog_and_stopping() {
         received.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
     }
     let _ = std::fs::remove_file(&socket_path);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_configured_tokens_a_private_dev_token_is_created_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::new().await;
+    sqlx::raw_sql("CREATE TABLE m_client (id bigint PRIMARY KEY, mobile_no text); INSERT INTO m_client VALUES (1, '+254712345678');")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let dir = workdir();
+    let port = free_port();
+    let start = || {
+        smsrelay()
+            .current_dir(&dir)
+            .arg("run")
+            .env("SMSRELAY_DATABASE__URL", &db.url)
+            .env("SMSRELAY_API__LISTEN", format!("127.0.0.1:{port}"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let http = reqwest::Client::new();
+    let post = |token: String| {
+        let http = http.clone();
+        async move {
+            http.post(format!("http://127.0.0.1:{port}/sms"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({"message": "hello", "clientId": 1}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    let child = start();
+    let file = dir.join("smsrelay-api-token");
+    assert!(eventually(Duration::from_secs(20), || async { file.exists() }).await);
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            post(token.clone()).await == 201
+        })
+        .await
+    );
+    assert_eq!(post("smsr_guess".into()).await, 401);
+    let (status, logs) = terminate(child);
+    assert_eq!(status.code(), Some(0));
+    assert!(logs.contains("development token"), "{logs}");
+    assert!(!logs.contains(&token), "the token is never logged");
+
+    // A restart keeps the same token.
+    let child = start();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            post(token.clone()).await == 201
+        })
+        .await
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+    terminate(child);
 }

@@ -180,6 +180,8 @@ pub fn test_config(db: &TestDb, provider_url: &str) -> Config {
     config.dispatch.backoff_max = Duration::from_millis(50);
     config.dispatch.lease = Duration::from_secs(30);
     config.validation.default_region = Some("KE".into());
+    // Tests configure their own tokens; never leave a dev token file in the repository.
+    config.api.dev_token_file = std::path::PathBuf::new();
     config.validate().expect("test config is valid");
     config
 }
