@@ -715,3 +715,27 @@ async fn claims_use_database_time_for_the_lease() {
         "{remaining}"
     );
 }
+
+#[tokio::test]
+async fn only_one_reaper_runs_at_a_time() {
+    let db = TestDb::new().await;
+    let id = db.insert(1, "+254712345678", "hello").await;
+    db.store.claim("crashed-node", 10, Duration::from_millis(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // Another instance's reaper is mid-run: it holds the lock in its transaction.
+    let mut other = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(0x0073_6d73_7265_6170_i64)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let report = reap_once(db.store.as_ref(), &reaper(8)).await.unwrap();
+    assert!(report.skipped);
+    assert_eq!(db.status(id).await, "sending", "left to the instance holding the lock");
+    other.commit().await.unwrap();
+
+    let report = reap_once(db.store.as_ref(), &reaper(8)).await.unwrap();
+    assert!(!report.skipped);
+    assert_eq!(db.status(id).await, "pending");
+}
