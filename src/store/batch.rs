@@ -3,6 +3,7 @@
 //! that the SQL unpacks into rows (`JSON_TABLE` on MySQL, `json_each` on
 //! SQLite): the statements stay fixed `&'static str`, whatever the batch size.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -57,6 +58,14 @@ impl<'a> OutcomeRow<'a> {
 pub(super) struct AttemptRef {
     pub id: i64,
     pub attempt: i64,
+}
+
+/// The first of several entries for one row: the row can change only once
+/// per batch, so later duplicates count as stale (as on PostgreSQL, where the
+/// fenced UPDATE changes each row once).
+pub(super) fn first_per_id<T>(items: &[T], id: impl Fn(&T) -> i64) -> Vec<&T> {
+    let mut seen = HashSet::new();
+    items.iter().filter(|item| seen.insert(id(item))).collect()
 }
 
 /// JSON text of a batch; serialising these plain structs cannot fail, but

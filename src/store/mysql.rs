@@ -31,8 +31,8 @@ use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySql
 use sqlx::{AssertSqlSafe, Executor, QueryBuilder, Row};
 
 use super::batch::{
-    AttemptRef, OutcomeRow, by_status, directory_error, lookup_from, micros, parse_status, to_json,
-    to_u32,
+    AttemptRef, OutcomeRow, by_status, directory_error, first_per_id, lookup_from, micros,
+    parse_status, to_json, to_u32,
 };
 use super::{
     Claim, Enqueued, Lookup, OrderBy, Page, Paging, QueueStats, ReapReport, RecordReport, SmsQuery,
@@ -599,8 +599,8 @@ impl Store for MySqlStore {
             instance,
             outcomes.iter().map(|o| (o.id, i64::from(o.attempt))),
         );
-        let applied: Vec<OutcomeRow> = outcomes
-            .iter()
+        let applied: Vec<OutcomeRow> = first_per_id(outcomes, |o| o.id)
+            .into_iter()
             .filter(|o| passed.contains(&o.id))
             .map(OutcomeRow::new)
             .collect();
@@ -639,8 +639,8 @@ impl Store for MySqlStore {
             instance,
             claims.iter().map(|(id, a)| (*id, i64::from(*a))),
         );
-        let released: Vec<AttemptRef> = claims
-            .iter()
+        let released: Vec<AttemptRef> = first_per_id(claims, |(id, _)| *id)
+            .into_iter()
             .filter(|(id, _)| passed.contains(id))
             .map(|(id, attempt)| AttemptRef {
                 id: *id,

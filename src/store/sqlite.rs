@@ -30,8 +30,8 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
 use time::OffsetDateTime;
 
 use super::batch::{
-    AttemptRef, OutcomeRow, by_status, directory_error, lookup_from, millis, parse_status, to_json,
-    to_u32,
+    AttemptRef, OutcomeRow, by_status, directory_error, first_per_id, lookup_from, millis,
+    parse_status, to_json, to_u32,
 };
 use super::{
     Claim, Enqueued, Lookup, Page, Paging, QueueStats, ReapReport, RecordReport, SmsQuery, Store,
@@ -64,6 +64,15 @@ impl SqliteStore {
     /// created on first use if missing; relative paths are relative to the
     /// working directory.
     pub fn open(options: &StoreOptions) -> Result<Self, StoreError> {
+        // The platform has to INSERT into the outbox, and the daemon must not
+        // lose it at exit: an in-memory database can do neither.
+        if options.url.contains(":memory:") || options.url.contains("mode=memory") {
+            return Err(StoreError::Database(sqlx::Error::Configuration(
+                "an in-memory SQLite database cannot be an outbox (nothing else can write to it \
+                 and it is gone at exit); use sqlite://path/to/file.db"
+                    .into(),
+            )));
+        }
         let connect = SqliteConnectOptions::from_str(&options.url)
             .map_err(StoreError::Database)?
             .create_if_missing(true)
@@ -473,7 +482,10 @@ impl Store for SqliteStore {
         if outcomes.is_empty() {
             return Ok(RecordReport::default());
         }
-        let rows: Vec<OutcomeRow> = outcomes.iter().map(OutcomeRow::new).collect();
+        let rows: Vec<OutcomeRow> = first_per_id(outcomes, |o| o.id)
+            .into_iter()
+            .map(OutcomeRow::new)
+            .collect();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
         let applied: Vec<i64> = sqlx::query_scalar(RECORD)
@@ -510,8 +522,8 @@ impl Store for SqliteStore {
         if claims.is_empty() {
             return Ok(0);
         }
-        let input: Vec<AttemptRef> = claims
-            .iter()
+        let input: Vec<AttemptRef> = first_per_id(claims, |(id, _)| *id)
+            .into_iter()
             .map(|(id, attempt)| AttemptRef {
                 id: *id,
                 attempt: i64::from(*attempt),
@@ -760,6 +772,24 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_in_memory_database_is_refused() {
+        for url in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite://x.db?mode=memory",
+        ] {
+            let options = StoreOptions {
+                url: url.into(),
+                pool_size: 1,
+                connect_timeout: Duration::from_secs(1),
+                directory: Default::default(),
+            };
+            let error = SqliteStore::open(&options).err().expect(url);
+            assert!(error.to_string().contains("use sqlite://path"), "{error}");
+        }
+    }
 
     #[test]
     fn epoch_milliseconds_round_trip() {

@@ -16,6 +16,7 @@ use crate::support::{AcceptWithId, accepting_provider, eventually, received_ids}
 conformance!(
     the_dispatcher_sends_end_to_end,
     the_dispatcher_retries_a_transient_failure,
+    two_dispatchers_send_each_message_exactly_once,
 );
 
 /// A config for `db` with the webhook provider at `provider_url` and fast retries.
@@ -153,4 +154,78 @@ async fn the_dispatcher_retries_a_transient_failure(db: TestStore) {
         ]
     );
     assert_eq!(received_ids(&provider).await, [id, id]);
+}
+
+/// Two dispatchers with their own pools (two instances) share the queue:
+/// every message reaches the provider once, and both did some of the work.
+async fn two_dispatchers_send_each_message_exactly_once(db: TestStore) {
+    const ROWS: i64 = 1000;
+    // Literal multi-row INSERTs (test data only): portable and quick.
+    for chunk in (1..=ROWS).collect::<Vec<_>>().chunks(250) {
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|i| format!("({i}, '+2547{i:08}', 'message {i}')"))
+            .collect();
+        db.exec(
+            &format!(
+                "INSERT INTO sms (client_id, mobile_no, message) VALUES {}",
+                values.join(", ")
+            ),
+            &[],
+        )
+        .await;
+    }
+    let provider = accepting_provider().await;
+    let mut config = config(&db, &provider.uri());
+    config.dispatch.batch_size = 25;
+    config.dispatch.concurrency = 8;
+    let stop = CancellationToken::new();
+    let mut runners = Vec::new();
+    for instance in ["node-a", "node-b"] {
+        let mut config = config.clone();
+        config.dispatch.instance_id = Some(instance.into());
+        let webhook = Arc::new(WebhookProvider::from_config(&config).expect("webhook provider"));
+        let app = smsrelay::app::Application::from_parts(&config, db.another_store(), webhook);
+        let dispatcher = app.dispatcher.clone();
+        let stop = stop.clone();
+        runners.push(tokio::spawn(
+            async move { dispatcher.run(stop, || {}).await },
+        ));
+    }
+    let all_sent = eventually(Duration::from_secs(120), || async {
+        db.count_status("sent").await == ROWS
+    })
+    .await;
+    stop.cancel();
+    for runner in runners {
+        runner.await.unwrap();
+    }
+    assert!(
+        all_sent,
+        "only {} of {ROWS} sent",
+        db.count_status("sent").await
+    );
+    let ids = received_ids(&provider).await;
+    let unique: std::collections::HashSet<i64> = ids.iter().copied().collect();
+    assert_eq!(
+        unique.len() as i64,
+        ROWS,
+        "every message reached the provider"
+    );
+    assert_eq!(ids.len() as i64, ROWS, "and none of them twice");
+    for instance in ["node-a", "node-b"] {
+        let n = db
+            .count(
+                "SELECT count(*) FROM sms_attempt WHERE instance = $1",
+                &[crate::backends::text(instance)],
+            )
+            .await;
+        assert!(n > 0, "{instance} did some of the work");
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM sms WHERE attempts <> 1", &[])
+            .await,
+        0,
+        "one attempt each"
+    );
 }

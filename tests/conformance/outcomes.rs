@@ -18,6 +18,7 @@ conformance!(
     the_reaper_requeues_expired_leases,
     the_reaper_fails_exhausted_messages_in_batches,
     concurrent_reapers_recover_each_row_once,
+    a_row_changes_once_per_batch,
 );
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -480,5 +481,36 @@ async fn concurrent_reapers_recover_each_row_once(db: TestStore) {
     assert_eq!(
         by_status,
         HashMap::from([("pending", 30), ("sending", 0), ("failed", 0)])
+    );
+}
+
+/// Two outcomes for one row in a batch: the first applies, the second is stale.
+async fn a_row_changes_once_per_batch(db: TestStore) {
+    let id = claimed(&db, "node-a", LEASE).await;
+    let report = db
+        .store
+        .record_outcomes(
+            "node-a",
+            &[
+                outcome(id, 1, NextState::Sent),
+                outcome(id, 1, NextState::Declined),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!((report.applied, report.stale), (1, 1));
+    assert_eq!(db.status(id).await, "sent");
+    assert_eq!(
+        db.transitions(id).await.len(),
+        2,
+        "claimed, sent: one event each"
+    );
+    assert_eq!(
+        db.store
+            .release("node-a", &[(id, 1), (id, 1)])
+            .await
+            .unwrap(),
+        0,
+        "no longer sending"
     );
 }

@@ -196,3 +196,31 @@ async fn mysql_defaults_are_utc_whatever_the_session_time_zone() {
         .unwrap();
     assert_eq!(claim.messages.len(), 1, "due now, not in five hours");
 }
+
+/// smsrelay's MySQL sessions run in UTC and at READ COMMITTED (no gap locks
+/// that would block the platform's INSERTs while a claim is open).
+#[tokio::test]
+async fn mysql_sessions_are_utc_and_read_committed() {
+    let Some(db) = TestStore::new(Backend::MySql).await else {
+        return;
+    };
+    let store =
+        smsrelay::store::mysql::MySqlStore::open(&crate::backends::options(&db.url)).unwrap();
+    let zone: String = sqlx::query_scalar("SELECT @@session.time_zone")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(zone, "+00:00");
+    // MySQL 8 and MariaDB 11.1+ call it transaction_isolation; older MariaDB tx_isolation.
+    let isolation: String = match sqlx::query_scalar("SELECT @@session.transaction_isolation")
+        .fetch_one(store.pool())
+        .await
+    {
+        Ok(isolation) => isolation,
+        Err(_) => sqlx::query_scalar("SELECT @@session.tx_isolation")
+            .fetch_one(store.pool())
+            .await
+            .unwrap(),
+    };
+    assert_eq!(isolation, "READ-COMMITTED");
+}
