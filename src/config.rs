@@ -93,11 +93,17 @@ pub struct TokenConfig {
     pub credential: Option<String>,
 }
 
+/// The database used when neither `url` nor `url_credential` is set: an
+/// SQLite file in the working directory, created and migrated on first start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://smsrelay.db";
+
 /// `[database]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    /// Connection URL; a secret, so prefer `url_credential` in production.
+    /// Connection URL (`postgres://`, `mysql://`/`mariadb://`, `sqlite://path`);
+    /// a secret, so prefer `url_credential` in production. Neither set:
+    /// [`DEFAULT_DATABASE_URL`].
     pub url: Option<Secret>,
     /// Name of a systemd credential (`LoadCredential=`) holding the URL.
     pub url_credential: Option<String>,
@@ -354,11 +360,9 @@ impl Config {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.database.url.is_none() && self.database.url_credential.is_none() {
-            return Err(invalid(
-                "database.url",
-                "is required (or set database.url_credential)",
-            ));
+        if let Some(url) = &self.database.url {
+            crate::store::Dialect::of_url(url.expose())
+                .map_err(|e| invalid("database.url", e.to_string()))?;
         }
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
@@ -513,14 +517,15 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 
-    /// The database URL, from the config or from a systemd credential.
+    /// The database URL: from the config, from a systemd credential, or
+    /// [`DEFAULT_DATABASE_URL`] when neither is set.
     pub fn database_url(&self) -> Result<Secret, ConfigError> {
         resolve_secret(
             "database.url_credential",
             self.database.url.as_ref(),
             self.database.url_credential.as_deref(),
         )
-        .and_then(|s| s.ok_or_else(|| invalid("database.url", "is required")))
+        .map(|s| s.unwrap_or_else(|| Secret::new(DEFAULT_DATABASE_URL)))
     }
 
     /// How to open the store, with the URL resolved.

@@ -1,7 +1,11 @@
 //! Persistence of the outbox behind one trait; each database's SQL lives with
-//! its dialect (`postgres.rs`), commented where the dialect forces a shape.
+//! its dialect (`postgres.rs`, `mysql.rs`, `sqlite.rs`), commented where the
+//! dialect forces a shape. `open()` picks the dialect from the URL scheme.
 
+mod batch;
+pub mod mysql;
 pub mod postgres;
+pub mod sqlite;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +29,13 @@ pub enum StoreError {
     Database(#[source] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
-    #[error("unsupported database URL scheme {0:?} (expected postgres://)")]
+    #[error(
+        "unsupported database URL scheme {0:?} (expected postgres://, postgresql://, mysql://, mariadb:// or sqlite://)"
+    )]
     UnsupportedUrl(String),
+    /// The database server is too old for the SQL smsrelay needs.
+    #[error("{0}")]
+    UnsupportedServer(String),
     #[error("{0}")]
     Directory(String),
     #[error("row {id}: {message}")]
@@ -72,9 +81,16 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
-/// SQLSTATE classes that mean "the server is going away or not accepting us now".
+/// Error codes that mean "the server is going away or not accepting us now",
+/// or "this transaction lost a race; run it again".
 fn is_unavailable_code(code: Option<&str>) -> bool {
-    matches!(code, Some(c) if c.starts_with("08") || c.starts_with("57P") || c == "55000" || c == "53300")
+    matches!(code, Some(c) if c.starts_with("08") || c.starts_with("57P") || c == "55000" || c == "53300"
+        // Deadlock / serialization failure (PostgreSQL 40P01 / 40001, MySQL's
+        // ER_LOCK_DEADLOCK is 40001): the transaction was rolled back whole.
+        || c == "40001" || c == "40P01"
+        // SQLite reports numeric result codes: SQLITE_BUSY (5) and SQLITE_LOCKED (6)
+        // with their extended forms, once busy_timeout has run out.
+        || matches!(c, "5" | "261" | "517" | "773" | "6" | "262"))
 }
 
 /// What a claim returned.
@@ -297,14 +313,62 @@ pub trait Store: Send + Sync + 'static {
     async fn events(&self, id: i64) -> Result<Vec<EventRecord>, StoreError>;
 }
 
+/// The database family a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+impl Dialect {
+    /// The dialect of `postgres://`, `postgresql://`, `mysql://`, `mariadb://`
+    /// or `sqlite://path` (also `sqlite:path`) URLs.
+    pub fn of_url(url: &str) -> Result<Dialect, StoreError> {
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        match scheme {
+            "postgres" | "postgresql" => Ok(Dialect::Postgres),
+            "mysql" | "mariadb" => Ok(Dialect::MySql),
+            "sqlite" => Ok(Dialect::Sqlite),
+            other => Err(StoreError::UnsupportedUrl(other.to_owned())),
+        }
+    }
+}
+
 /// Opens the store the URL's scheme names (without connecting eagerly).
 pub fn open(options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
-    let scheme = options
-        .url
-        .split_once("://")
-        .map_or("", |(scheme, _)| scheme);
-    match scheme {
-        "postgres" | "postgresql" => Ok(Arc::new(postgres::PgStore::open(options)?)),
-        other => Err(StoreError::UnsupportedUrl(other.to_owned())),
+    Ok(match Dialect::of_url(&options.url)? {
+        Dialect::Postgres => Arc::new(postgres::PgStore::open(options)?),
+        Dialect::MySql => Arc::new(mysql::MySqlStore::open(options)?),
+        Dialect::Sqlite => Arc::new(sqlite::SqliteStore::open(options)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_scheme_picks_the_dialect() {
+        for (url, dialect) in [
+            ("postgres://u@h/db", Dialect::Postgres),
+            ("postgresql://u@h/db", Dialect::Postgres),
+            ("mysql://root@127.0.0.1:3306/platform", Dialect::MySql),
+            ("mariadb://root@127.0.0.1/platform", Dialect::MySql),
+            ("sqlite://smsrelay.db", Dialect::Sqlite),
+            ("sqlite:///var/lib/smsrelay/smsrelay.db", Dialect::Sqlite),
+            ("sqlite:smsrelay.db", Dialect::Sqlite),
+        ] {
+            assert_eq!(Dialect::of_url(url).unwrap(), dialect, "{url}");
+        }
+        let error = Dialect::of_url("mssql://h/db").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "unsupported database URL scheme \"mssql\" (expected postgres://, postgresql://, mysql://, mariadb:// or sqlite://)"
+        );
+        assert!(matches!(
+            Dialect::of_url("smsrelay.db"),
+            Err(StoreError::UnsupportedUrl(s)) if s.is_empty()
+        ));
     }
 }

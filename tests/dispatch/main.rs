@@ -720,7 +720,10 @@ async fn claims_use_database_time_for_the_lease() {
 async fn only_one_reaper_runs_at_a_time() {
     let db = TestDb::new().await;
     let id = db.insert(1, "+254712345678", "hello").await;
-    db.store.claim("crashed-node", 10, Duration::from_millis(1)).await.unwrap();
+    db.store
+        .claim("crashed-node", 10, Duration::from_millis(1))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
 
     // Another instance's reaper is mid-run: it holds the lock in its transaction.
@@ -732,7 +735,11 @@ async fn only_one_reaper_runs_at_a_time() {
         .unwrap();
     let report = reap_once(db.store.as_ref(), &reaper(8)).await.unwrap();
     assert!(report.skipped);
-    assert_eq!(db.status(id).await, "sending", "left to the instance holding the lock");
+    assert_eq!(
+        db.status(id).await,
+        "sending",
+        "left to the instance holding the lock"
+    );
     other.commit().await.unwrap();
 
     let report = reap_once(db.store.as_ref(), &reaper(8)).await.unwrap();

@@ -1,0 +1,157 @@
+//! Helpers shared by the MySQL and SQLite stores. Neither dialect has
+//! PostgreSQL's array parameters, so a batch travels as ONE JSON parameter
+//! that the SQL unpacks into rows (`JSON_TABLE` on MySQL, `json_each` on
+//! SQLite): the statements stay fixed `&'static str`, whatever the batch size.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::StoreError;
+use crate::domain::status::UnknownStatus;
+use crate::domain::{NextState, Outcome, Status};
+
+/// One outcome as a JSON object; absent fields become SQL NULL on both
+/// dialects (no reliance on how each one maps a JSON `null`).
+#[derive(Debug, Serialize)]
+pub(super) struct OutcomeRow<'a> {
+    pub id: i64,
+    pub attempt: i64,
+    pub next_status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_ms: Option<i64>,
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_message_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segments: Option<i64>,
+    pub reason: &'a str,
+}
+
+impl<'a> OutcomeRow<'a> {
+    pub fn new(o: &'a Outcome) -> Self {
+        OutcomeRow {
+            id: o.id,
+            attempt: i64::from(o.attempt),
+            next_status: o.next.status().as_str(),
+            retry_ms: match o.next {
+                NextState::Retry(after) => Some(millis(after)),
+                _ => None,
+            },
+            outcome: o.outcome.as_str(),
+            http_status: o.http_status.map(i64::from),
+            provider_message_id: o.provider_message_id.as_deref(),
+            error: o.error.as_deref(),
+            segments: o.segments.map(i64::from),
+            reason: o.reason.as_str(),
+        }
+    }
+}
+
+/// A row and the attempt it is expected to be on (release, claim).
+#[derive(Debug, Serialize)]
+pub(super) struct AttemptRef {
+    pub id: i64,
+    pub attempt: i64,
+}
+
+/// The first of several entries for one row: the row can change only once
+/// per batch, so later duplicates count as stale (as on PostgreSQL, where the
+/// fenced UPDATE changes each row once).
+pub(super) fn first_per_id<T>(items: &[T], id: impl Fn(&T) -> i64) -> Vec<&T> {
+    let mut seen = HashSet::new();
+    items.iter().filter(|item| seen.insert(id(item))).collect()
+}
+
+/// JSON text of a batch; serialising these plain structs cannot fail, but
+/// say so instead of panicking if it ever did.
+pub(super) fn to_json<T: Serialize + ?Sized>(rows: &T) -> Result<String, StoreError> {
+    serde_json::to_string(rows).map_err(|e| StoreError::BadRow {
+        id: 0,
+        message: format!("cannot encode a batch as JSON: {e}"),
+    })
+}
+
+pub(super) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub(super) fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+pub(super) fn to_u32(value: Option<i32>) -> Option<u32> {
+    value.and_then(|v| u32::try_from(v).ok())
+}
+
+/// A stored status name, or a readable error naming the row.
+pub(super) fn parse_status(id: i64, raw: &str) -> Result<Status, StoreError> {
+    raw.parse().map_err(|e: UnknownStatus| StoreError::BadRow {
+        id,
+        message: e.to_string(),
+    })
+}
+
+/// A failing directory query is a configuration problem; say which.
+pub(super) fn directory_error(e: sqlx::Error) -> StoreError {
+    match StoreError::from(e) {
+        StoreError::Database(e) => StoreError::Directory(format!(
+            "the [directory] query failed ({e}); set directory.client_query / directory.staff_query for your schema"
+        )),
+        other => other,
+    }
+}
+
+/// What a directory row says.
+pub(super) fn lookup_from(found: Option<Option<String>>) -> super::Lookup {
+    match found {
+        None => super::Lookup::NotFound,
+        Some(Some(number)) if !number.trim().is_empty() => super::Lookup::Found(number),
+        Some(_) => super::Lookup::NoNumber,
+    }
+}
+
+/// Rows per status with every status present, from `(name, count)` pairs.
+pub(super) fn by_status(counts: &[(String, i64)]) -> Vec<(Status, u64)> {
+    Status::ALL
+        .iter()
+        .map(|status| {
+            let n = counts
+                .iter()
+                .find(|(name, _)| name == status.as_str())
+                .map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
+            (*status, n)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::AttemptOutcome;
+
+    #[test]
+    fn absent_values_are_left_out_of_the_json() {
+        let outcome = Outcome {
+            id: 7,
+            attempt: 2,
+            outcome: AttemptOutcome::Transient,
+            next: NextState::Retry(Duration::from_millis(1500)),
+            http_status: None,
+            provider_message_id: None,
+            error: Some("provider answered HTTP 503".into()),
+            segments: None,
+            reason: "retry".into(),
+        };
+        let json = to_json(&[OutcomeRow::new(&outcome)]).unwrap();
+        assert_eq!(
+            json,
+            r#"[{"id":7,"attempt":2,"next_status":"pending","retry_ms":1500,"outcome":"transient","error":"provider answered HTTP 503","reason":"retry"}]"#
+        );
+    }
+}

@@ -1,0 +1,911 @@
+//! MariaDB / MySQL store: the outbox in the platform's own MariaDB or MySQL
+//! database (Fineract's most common home).
+//!
+//! Where it differs from PostgreSQL, and why:
+//! - No `UPDATE ... RETURNING` and no data-modifying CTEs: each operation is a
+//!   short transaction that first locks its rows (`SELECT ... FOR UPDATE`,
+//!   with SKIP LOCKED where another instance may hold them), then updates and
+//!   inserts by id. Batches travel as one JSON parameter unpacked with
+//!   `JSON_TABLE` (see `batch.rs`), so every statement is fixed text.
+//! - MySQL evaluates the assignments of a multi-table UPDATE in no promised
+//!   order, so no assignment reads a column another one changes: texts such
+//!   as "lease of X expired" are built from the locked rows first.
+//! - Sessions run READ COMMITTED: under MySQL's default REPEATABLE READ a
+//!   locking read also takes gap locks, which would block the platform's
+//!   own INSERTs into `sms` while a claim is open.
+//! - Times are DATETIME(6) in UTC: every session is forced to time_zone
+//!   '+00:00' and the SQL uses `UTC_TIMESTAMP(6)`, so leases computed by
+//!   several hosts agree whatever their own time zones.
+//! - The reaper's single-instance lock is `GET_LOCK` (session-scoped, so it is
+//!   taken and released on one connection; the server drops it if that
+//!   connection dies).
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use sqlx::migrate::Migrator;
+use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
+use sqlx::{AssertSqlSafe, Executor, QueryBuilder, Row};
+
+use super::batch::{
+    AttemptRef, OutcomeRow, by_status, directory_error, first_per_id, lookup_from, micros,
+    parse_status, to_json, to_u32,
+};
+use super::{
+    Claim, Enqueued, Lookup, OrderBy, Page, Paging, QueueStats, ReapReport, RecordReport, SmsQuery,
+    Store, StoreError, StoreOptions,
+};
+use crate::domain::{
+    AttemptRecord, ClaimedSms, EventRecord, NewSms, Outcome, Recipient, SmsRecord,
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/mysql");
+
+/// Fineract's tables, the default directory (MySQL placeholders).
+const CLIENT_QUERY: &str = "SELECT mobile_no FROM m_client WHERE id = ?";
+const STAFF_QUERY: &str = "SELECT mobile_no FROM m_staff WHERE id = ?";
+
+/// The outbox on MariaDB or MySQL.
+#[derive(Clone)]
+pub struct MySqlStore {
+    pool: MySqlPool,
+    client_query: String,
+    staff_query: String,
+}
+
+impl MySqlStore {
+    /// A pool that connects on first use. Accepts `mysql://` and `mariadb://`
+    /// URLs (sqlx itself only knows `mysql://`).
+    pub fn open(options: &StoreOptions) -> Result<Self, StoreError> {
+        let url = match options.url.strip_prefix("mariadb://") {
+            Some(rest) => format!("mysql://{rest}"),
+            None => options.url.clone(),
+        };
+        let connect = MySqlConnectOptions::from_str(&url)
+            .map_err(StoreError::Database)?
+            // sqlx's default too; stated because leases depend on it.
+            .timezone(Some("+00:00".to_owned()));
+        let pool = MySqlPoolOptions::new()
+            .max_connections(options.pool_size)
+            .acquire_timeout(options.connect_timeout)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(connect);
+        let directory = &options.directory;
+        Ok(Self {
+            pool,
+            client_query: directory
+                .client_query
+                .clone()
+                .unwrap_or_else(|| CLIENT_QUERY.into()),
+            staff_query: directory
+                .staff_query
+                .clone()
+                .unwrap_or_else(|| STAFF_QUERY.into()),
+        })
+    }
+
+    /// The underlying pool, for tests.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+}
+
+/// Checks `SELECT VERSION()` against what the SQL here needs: SKIP LOCKED
+/// (MariaDB 10.6, MySQL 8.0.1), JSON_TABLE (10.6, 8.0.4), expression defaults
+/// (10.2, 8.0.13) and CHECK constraints that are enforced, not just parsed (10.2, 8.0.16).
+pub fn check_server_version(version: &str) -> Result<(), String> {
+    // Old MariaDB clients see "5.5.5-10.x.y-MariaDB"; skip that prefix.
+    let trimmed = version.strip_prefix("5.5.5-").unwrap_or(version);
+    let mariadb = trimmed.to_ascii_lowercase().contains("mariadb");
+    let numbers: Vec<u32> = trimmed
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .next()
+        .unwrap_or("")
+        .split('.')
+        .map_while(|part| part.parse().ok())
+        .collect();
+    let found = (
+        numbers.first().copied().unwrap_or(0),
+        numbers.get(1).copied().unwrap_or(0),
+        numbers.get(2).copied().unwrap_or(0),
+    );
+    let (product, needed) = if mariadb {
+        ("MariaDB", (10, 6, 0))
+    } else {
+        ("MySQL", (8, 0, 16))
+    };
+    if found >= needed {
+        return Ok(());
+    }
+    Err(format!(
+        "{product} {version} is too old for smsrelay: it needs MariaDB 10.6+ or MySQL 8.0.16+ \
+         (SELECT ... FOR UPDATE SKIP LOCKED, JSON_TABLE and enforced CHECK constraints)"
+    ))
+}
+
+// --- claim -----------------------------------------------------------------
+
+// Expired pending rows become `failed` before the claim looks for work, so an
+// expired message is never sent. SKIP LOCKED: another instance may be expiring too.
+const EXPIRE_LOCK: &str = "
+SELECT id FROM sms
+WHERE status = 'pending' AND expires_at <= UTC_TIMESTAMP(6)
+ORDER BY expires_at
+LIMIT 1000
+FOR UPDATE SKIP LOCKED";
+
+// Parameter: JSON array of ids (all locked by EXPIRE_LOCK in this transaction).
+const EXPIRE: &str = "
+UPDATE sms s JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j ON s.id = j.id
+SET s.status = 'failed', s.last_error = 'expired', s.updated_at = UTC_TIMESTAMP(6)";
+
+const EXPIRE_EVENTS: &str = "
+INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
+SELECT j.id, 'pending', 'failed', 'expired before it could be sent', UTC_TIMESTAMP(6)
+FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j";
+
+// The claim, step one: lock due rows in due order, skipping rows another
+// instance holds. Walks sms_due_idx (status, due_at, id).
+const CLAIM_LOCK: &str = "
+SELECT id, attempts, mobile_no, message FROM sms
+WHERE status = 'pending' AND due_at <= UTC_TIMESTAMP(6)
+ORDER BY due_at, id
+LIMIT ?
+FOR UPDATE SKIP LOCKED";
+
+// Step two, on the locked rows only: lease them to this instance and bump the
+// attempt. Parameters (MySQL's are positional): JSON [{id, attempt}],
+// instance, lease in microseconds.
+const CLAIM: &str = "
+UPDATE sms s JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$.id', attempt INT PATH '$.attempt')) AS j
+    ON s.id = j.id
+SET s.status = 'sending',
+    s.locked_by = ?,
+    s.lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND,
+    s.attempts = j.attempt,
+    s.updated_at = UTC_TIMESTAMP(6)";
+
+// Parameters: instance, JSON [{id, attempt}].
+const CLAIM_ATTEMPTS: &str = "
+INSERT INTO sms_attempt (sms_id, attempt, instance, started_at)
+SELECT j.id, j.attempt, ?, UTC_TIMESTAMP(6)
+FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$.id', attempt INT PATH '$.attempt')) AS j";
+
+// Parameters: instance, JSON [{id, attempt}].
+const CLAIM_EVENTS: &str = "
+INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
+SELECT j.id, 'pending', 'sending', CONCAT('claimed by ', ?, ' for attempt ', j.attempt), UTC_TIMESTAMP(6)
+FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$.id', attempt INT PATH '$.attempt')) AS j";
+
+// --- outcomes and release --------------------------------------------------
+
+// Locks every row a batch names (without SKIP LOCKED: these are ours, or
+// stale). The fence is then checked on the locked rows, so it cannot change
+// before commit. Parameter: JSON array of ids.
+const LOCK_BY_ID: &str = "
+SELECT id, status, attempts, locked_by FROM sms
+WHERE id IN (SELECT j.id FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j)
+ORDER BY id
+FOR UPDATE";
+
+// The columns of an outcome batch (batch::OutcomeRow). Parameters: JSON
+// [OutcomeRow] of the outcomes that passed the fence, instance.
+// The WHERE repeats the fence as a safety net.
+const RECORD: &str = "
+UPDATE sms s JOIN JSON_TABLE(?, '$[*]' COLUMNS (
+        id BIGINT PATH '$.id', attempt INT PATH '$.attempt',
+        next_status VARCHAR(16) PATH '$.next_status', retry_ms BIGINT PATH '$.retry_ms',
+        provider_message_id VARCHAR(255) PATH '$.provider_message_id',
+        error TEXT PATH '$.error', segments INT PATH '$.segments')) AS i
+    ON s.id = i.id
+SET s.status = i.next_status,
+    s.locked_by = NULL,
+    s.lease_expires_at = NULL,
+    s.next_attempt_at = CASE WHEN i.next_status = 'pending'
+                             THEN UTC_TIMESTAMP(6) + INTERVAL i.retry_ms * 1000 MICROSECOND
+                             ELSE s.next_attempt_at END,
+    s.sent_at = CASE WHEN i.next_status = 'sent' THEN UTC_TIMESTAMP(6) ELSE s.sent_at END,
+    s.provider_message_id = COALESCE(i.provider_message_id, s.provider_message_id),
+    s.last_error = COALESCE(i.error, s.last_error),
+    s.segments = COALESCE(i.segments, s.segments),
+    s.updated_at = UTC_TIMESTAMP(6)
+WHERE s.status = 'sending' AND s.attempts = i.attempt AND s.locked_by = ?";
+
+// Parameter: JSON [OutcomeRow] (applied ones).
+const RECORD_ATTEMPTS: &str = "
+UPDATE sms_attempt a JOIN JSON_TABLE(?, '$[*]' COLUMNS (
+        id BIGINT PATH '$.id', attempt INT PATH '$.attempt', outcome VARCHAR(16) PATH '$.outcome',
+        http_status INT PATH '$.http_status',
+        provider_message_id VARCHAR(255) PATH '$.provider_message_id', error TEXT PATH '$.error')) AS i
+    ON a.sms_id = i.id AND a.attempt = i.attempt
+SET a.finished_at = UTC_TIMESTAMP(6),
+    a.outcome = i.outcome,
+    a.http_status = i.http_status,
+    a.provider_message_id = i.provider_message_id,
+    a.error = i.error";
+
+const RECORD_EVENTS: &str = "
+INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
+SELECT i.id, 'sending', i.next_status, i.reason, UTC_TIMESTAMP(6)
+FROM JSON_TABLE(?, '$[*]' COLUMNS (
+        id BIGINT PATH '$.id', next_status VARCHAR(16) PATH '$.next_status',
+        reason TEXT PATH '$.reason')) AS i";
+
+// Rows claimed but never sent (shutdown): back to `pending` as if never
+// claimed. Parameters: JSON [{id, attempt}] that passed the fence, instance.
+const RELEASE: &str = "
+UPDATE sms s JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$.id', attempt INT PATH '$.attempt')) AS i
+    ON s.id = i.id
+SET s.status = 'pending',
+    s.attempts = s.attempts - 1,
+    s.locked_by = NULL,
+    s.lease_expires_at = NULL,
+    s.updated_at = UTC_TIMESTAMP(6)
+WHERE s.status = 'sending' AND s.attempts = i.attempt AND s.locked_by = ?";
+
+// The attempt row goes too, since no request was ever made.
+const RELEASE_ATTEMPTS: &str = "
+DELETE a FROM sms_attempt a
+JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$.id', attempt INT PATH '$.attempt')) AS i
+    ON a.sms_id = i.id AND a.attempt = i.attempt";
+
+const RELEASE_EVENTS: &str = "
+INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
+SELECT i.id, 'sending', 'pending', 'released unsent at shutdown', UTC_TIMESTAMP(6)
+FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$.id')) AS i";
+
+// --- reaper ----------------------------------------------------------------
+
+// Per database: GET_LOCK names are server-wide, and two smsrelay deployments
+// may share one server. Names are capped at 64 characters.
+const REAPER_LOCK: &str = "SELECT GET_LOCK(LEFT(CONCAT('smsrelay.reaper.', DATABASE()), 64), 0)";
+const REAPER_UNLOCK: &str = "SELECT RELEASE_LOCK(LEFT(CONCAT('smsrelay.reaper.', DATABASE()), 64))";
+
+// Expired leases: the instance crashed or hung. Parameter: limit.
+const REAP_LOCK: &str = "
+SELECT id, attempts, locked_by FROM sms
+WHERE status = 'sending' AND lease_expires_at < UTC_TIMESTAMP(6)
+ORDER BY lease_expires_at
+LIMIT ?
+FOR UPDATE SKIP LOCKED";
+
+// Parameter: JSON [ReapRow].
+const REAP: &str = "
+UPDATE sms s JOIN JSON_TABLE(?, '$[*]' COLUMNS (
+        id BIGINT PATH '$.id', status VARCHAR(16) PATH '$.status',
+        last_error TEXT PATH '$.last_error')) AS i
+    ON s.id = i.id
+SET s.status = i.status,
+    s.last_error = i.last_error,
+    s.next_attempt_at = UTC_TIMESTAMP(6),
+    s.locked_by = NULL,
+    s.lease_expires_at = NULL,
+    s.updated_at = UTC_TIMESTAMP(6)";
+
+// The open attempt is marked `abandoned` (it may have reached the provider: at-least-once).
+const REAP_ATTEMPTS: &str = "
+UPDATE sms_attempt a JOIN JSON_TABLE(?, '$[*]' COLUMNS (
+        id BIGINT PATH '$.id', attempt INT PATH '$.attempt')) AS i
+    ON a.sms_id = i.id AND a.attempt = i.attempt
+SET a.finished_at = UTC_TIMESTAMP(6),
+    a.outcome = 'abandoned',
+    a.error = 'lease expired before an outcome was recorded'";
+
+const REAP_EVENTS: &str = "
+INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
+SELECT i.id, 'sending', i.status, i.reason, UTC_TIMESTAMP(6)
+FROM JSON_TABLE(?, '$[*]' COLUMNS (
+        id BIGINT PATH '$.id', status VARCHAR(16) PATH '$.status', reason TEXT PATH '$.reason')) AS i";
+
+/// One row the reaper recovers, with the texts PostgreSQL builds in SQL.
+#[derive(Debug, Serialize)]
+struct ReapRow {
+    id: i64,
+    attempt: i64,
+    status: &'static str,
+    last_error: String,
+    reason: String,
+}
+
+// --- the rest --------------------------------------------------------------
+
+// A duplicate idempotency key fails with ER_DUP_ENTRY (1062); the caller then
+// looks the first row up. (INSERT IGNORE would also swallow CHECK failures.)
+const ENQUEUE: &str = "
+INSERT INTO sms (client_id, staff_id, mobile_no, message, not_before, expires_at, idempotency_key)
+VALUES (?, ?, ?, ?, ?, ?, ?)";
+
+const ER_DUP_ENTRY: u16 = 1062;
+
+const BY_IDEMPOTENCY_KEY: &str = "SELECT id FROM sms WHERE idempotency_key = ?";
+
+const SMS_COLUMNS: &str = "id, client_id, staff_id, mobile_no, message, status, attempts, segments, \
+    created_at, updated_at, not_before, expires_at, next_attempt_at, locked_by, lease_expires_at, \
+    sent_at, delivered_at, provider_message_id, last_error";
+
+const STATUS_COUNTS: &str = "SELECT status, count(*) FROM sms GROUP BY status";
+
+// `* 1e-6` makes the result a DOUBLE.
+const DUE_STATS: &str = "
+SELECT count(*), COALESCE(TIMESTAMPDIFF(MICROSECOND, MIN(due_at), UTC_TIMESTAMP(6)) * 1e-6, 0e0)
+FROM sms WHERE status = 'pending' AND due_at <= UTC_TIMESTAMP(6)";
+
+const GET: &str = "
+SELECT id, client_id, staff_id, mobile_no, message, status, attempts, segments, created_at,
+       updated_at, not_before, expires_at, next_attempt_at, locked_by, lease_expires_at,
+       sent_at, delivered_at, provider_message_id, last_error
+FROM sms WHERE id = ?";
+
+const ATTEMPTS: &str = "
+SELECT attempt, instance, started_at, finished_at, outcome, http_status, provider_message_id, error
+FROM sms_attempt WHERE sms_id = ? ORDER BY attempt";
+
+const EVENTS: &str = "
+SELECT from_status, to_status, occurred_at, reason
+FROM sms_event WHERE sms_id = ? ORDER BY id";
+
+fn sms_from_row(row: &MySqlRow) -> Result<SmsRecord, StoreError> {
+    let id: i64 = row.try_get("id")?;
+    let status: String = row.try_get("status")?;
+    Ok(SmsRecord {
+        id,
+        client_id: row.try_get("client_id")?,
+        staff_id: row.try_get("staff_id")?,
+        mobile_no: row.try_get("mobile_no")?,
+        message: row.try_get("message")?,
+        status: parse_status(id, &status)?,
+        attempts: to_u32(row.try_get("attempts")?).unwrap_or(0),
+        segments: to_u32(row.try_get("segments")?),
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        not_before: row.try_get("not_before")?,
+        expires_at: row.try_get("expires_at")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        locked_by: row.try_get("locked_by")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        sent_at: row.try_get("sent_at")?,
+        delivered_at: row.try_get("delivered_at")?,
+        provider_message_id: row.try_get("provider_message_id")?,
+        last_error: row.try_get("last_error")?,
+    })
+}
+
+/// Appends the WHERE clause of a list query; `keyset` adds the cursor condition.
+fn push_filter(sql: &mut QueryBuilder<MySql>, query: &SmsQuery, keyset: bool) {
+    let f = &query.filter;
+    sql.push(" WHERE 1 = 1");
+    if let Some(id) = f.client_id {
+        sql.push(" AND client_id = ").push_bind(id);
+    }
+    if let Some(id) = f.staff_id {
+        sql.push(" AND staff_id = ").push_bind(id);
+    }
+    if !f.statuses.is_empty() {
+        sql.push(" AND status IN (");
+        let mut names = sql.separated(", ");
+        for status in &f.statuses {
+            names.push_bind(status.as_str());
+        }
+        sql.push(")");
+    }
+    if let Some(number) = &f.mobile_no {
+        sql.push(" AND mobile_no = ").push_bind(number.clone());
+    }
+    if let Some(from) = f.created_from {
+        sql.push(" AND created_at >= ").push_bind(from);
+    }
+    if let Some(to) = f.created_to {
+        sql.push(" AND created_at < ").push_bind(to);
+    }
+    if let (
+        true,
+        Paging::Keyset {
+            after_id: Some(after),
+            ..
+        },
+    ) = (keyset, query.paging)
+    {
+        sql.push(if query.descending {
+            " AND id < "
+        } else {
+            " AND id > "
+        })
+        .push_bind(after);
+    }
+}
+
+/// Whether a column `GET /sms` orders by can be NULL.
+fn nullable(order_by: OrderBy) -> bool {
+    matches!(
+        order_by,
+        OrderBy::SentAt | OrderBy::ClientId | OrderBy::StaffId
+    )
+}
+
+/// The ids among `locked` whose row still passes the fence for `expected`:
+/// `sending`, on that attempt, leased to `instance`.
+fn fenced(
+    locked: &[(i64, String, i32, Option<String>)],
+    instance: &str,
+    expected: impl Iterator<Item = (i64, i64)>,
+) -> HashSet<i64> {
+    expected
+        .filter(|(id, attempt)| {
+            locked.iter().any(|(lid, status, attempts, owner)| {
+                lid == id
+                    && status == "sending"
+                    && i64::from(*attempts) == *attempt
+                    && owner.as_deref() == Some(instance)
+            })
+        })
+        .map(|(id, _)| id)
+        .collect()
+}
+
+impl MySqlStore {
+    /// The reaper's work, inside a transaction on the connection holding the lock.
+    async fn reap_locked(
+        conn: &mut sqlx::MySqlConnection,
+        max_attempts: u32,
+        limit: u32,
+    ) -> Result<ReapReport, StoreError> {
+        let mut tx = sqlx::Connection::begin(conn).await?;
+        let rows: Vec<(i64, i32, Option<String>)> = sqlx::query_as(REAP_LOCK)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut report = ReapReport::default();
+        let reaped: Vec<ReapRow> = rows
+            .into_iter()
+            .map(|(id, attempts, locked_by)| {
+                let failed = i64::from(attempts) >= i64::from(max_attempts);
+                let last_error = format!(
+                    "lease of {} expired during attempt {attempts}",
+                    locked_by.unwrap_or_default()
+                );
+                if failed {
+                    report.failed += 1;
+                } else {
+                    report.requeued += 1;
+                }
+                ReapRow {
+                    id,
+                    attempt: i64::from(attempts),
+                    status: if failed { "failed" } else { "pending" },
+                    reason: if failed {
+                        format!("attempts exhausted: {last_error}")
+                    } else {
+                        last_error.clone()
+                    },
+                    last_error,
+                }
+            })
+            .collect();
+        if !reaped.is_empty() {
+            let json = to_json(&reaped)?;
+            for statement in [REAP_ATTEMPTS, REAP, REAP_EVENTS] {
+                sqlx::query(statement).bind(&json).execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+}
+
+#[async_trait]
+impl Store for MySqlStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let version: String = sqlx::query_scalar("SELECT VERSION()")
+            .fetch_one(&self.pool)
+            .await?;
+        check_server_version(&version).map_err(StoreError::UnsupportedServer)?;
+        // MySQL cannot roll DDL back: a migration cut off halfway stays
+        // recorded as failed and has to be cleaned up by hand (sqlx says so).
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        instance: &str,
+        batch_size: u32,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let expired: Vec<i64> = sqlx::query_scalar(EXPIRE_LOCK).fetch_all(&mut *tx).await?;
+        if !expired.is_empty() {
+            let json = to_json(&expired)?;
+            for statement in [EXPIRE, EXPIRE_EVENTS] {
+                sqlx::query(statement).bind(&json).execute(&mut *tx).await?;
+            }
+        }
+        let rows = sqlx::query(CLAIM_LOCK)
+            .bind(i64::from(batch_size))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut messages = rows
+            .iter()
+            .map(|row| {
+                let attempts: i32 = row.try_get("attempts")?;
+                Ok(ClaimedSms {
+                    id: row.try_get("id")?,
+                    attempt: u32::try_from(attempts).unwrap_or(0) + 1,
+                    mobile_no: row.try_get("mobile_no")?,
+                    message: row.try_get("message")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        messages.sort_by_key(|m| m.id);
+        if !messages.is_empty() {
+            let claimed: Vec<AttemptRef> = messages
+                .iter()
+                .map(|m| AttemptRef {
+                    id: m.id,
+                    attempt: i64::from(m.attempt),
+                })
+                .collect();
+            let claimed = to_json(&claimed)?;
+            sqlx::query(CLAIM)
+                .bind(&claimed)
+                .bind(instance)
+                .bind(micros(lease))
+                .execute(&mut *tx)
+                .await?;
+            for statement in [CLAIM_ATTEMPTS, CLAIM_EVENTS] {
+                sqlx::query(statement)
+                    .bind(instance)
+                    .bind(&claimed)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(Claim {
+            messages,
+            expired: expired.len() as u64,
+        })
+    }
+
+    async fn record_outcomes(
+        &self,
+        instance: &str,
+        outcomes: &[Outcome],
+    ) -> Result<RecordReport, StoreError> {
+        if outcomes.is_empty() {
+            return Ok(RecordReport::default());
+        }
+        let ids: Vec<i64> = outcomes.iter().map(|o| o.id).collect();
+        let mut tx = self.pool.begin().await?;
+        let locked: Vec<(i64, String, i32, Option<String>)> = sqlx::query_as(LOCK_BY_ID)
+            .bind(to_json(&ids)?)
+            .fetch_all(&mut *tx)
+            .await?;
+        let passed = fenced(
+            &locked,
+            instance,
+            outcomes.iter().map(|o| (o.id, i64::from(o.attempt))),
+        );
+        let applied: Vec<OutcomeRow> = first_per_id(outcomes, |o| o.id)
+            .into_iter()
+            .filter(|o| passed.contains(&o.id))
+            .map(OutcomeRow::new)
+            .collect();
+        if !applied.is_empty() {
+            let json = to_json(&applied)?;
+            sqlx::query(RECORD)
+                .bind(&json)
+                .bind(instance)
+                .execute(&mut *tx)
+                .await?;
+            for statement in [RECORD_ATTEMPTS, RECORD_EVENTS] {
+                sqlx::query(statement).bind(&json).execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        let n = outcomes.len() as u64;
+        let applied = applied.len() as u64;
+        Ok(RecordReport {
+            applied,
+            stale: n - applied.min(n),
+        })
+    }
+
+    async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = claims.iter().map(|(id, _)| *id).collect();
+        let mut tx = self.pool.begin().await?;
+        let locked: Vec<(i64, String, i32, Option<String>)> = sqlx::query_as(LOCK_BY_ID)
+            .bind(to_json(&ids)?)
+            .fetch_all(&mut *tx)
+            .await?;
+        let passed = fenced(
+            &locked,
+            instance,
+            claims.iter().map(|(id, a)| (*id, i64::from(*a))),
+        );
+        let released: Vec<AttemptRef> = first_per_id(claims, |(id, _)| *id)
+            .into_iter()
+            .filter(|(id, _)| passed.contains(id))
+            .map(|(id, attempt)| AttemptRef {
+                id: *id,
+                attempt: i64::from(*attempt),
+            })
+            .collect();
+        if !released.is_empty() {
+            let json = to_json(&released)?;
+            sqlx::query(RELEASE)
+                .bind(&json)
+                .bind(instance)
+                .execute(&mut *tx)
+                .await?;
+            for statement in [RELEASE_ATTEMPTS, RELEASE_EVENTS] {
+                sqlx::query(statement).bind(&json).execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(released.len() as u64)
+    }
+
+    async fn reap_expired_leases(
+        &self,
+        max_attempts: u32,
+        limit: u32,
+    ) -> Result<ReapReport, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let locked: Option<i64> = sqlx::query_scalar(REAPER_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
+        if locked != Some(1) {
+            return Ok(ReapReport {
+                skipped: true,
+                ..ReapReport::default()
+            });
+        }
+        let result = Self::reap_locked(&mut conn, max_attempts, limit).await;
+        // A connection that cannot release the lock must not go back to the
+        // pool still holding it: closing it makes the server release it.
+        if sqlx::query(REAPER_UNLOCK)
+            .execute(&mut *conn)
+            .await
+            .is_err()
+        {
+            conn.close_on_drop();
+        }
+        result
+    }
+
+    async fn enqueue(&self, sms: &NewSms) -> Result<Enqueued, StoreError> {
+        let (client_id, staff_id) = match sms.recipient {
+            Recipient::Client(id) => (Some(id), None),
+            Recipient::Staff(id) => (None, Some(id)),
+        };
+        let inserted = sqlx::query(ENQUEUE)
+            .bind(client_id)
+            .bind(staff_id)
+            .bind(&sms.mobile_no)
+            .bind(&sms.message)
+            .bind(sms.not_before)
+            .bind(sms.expires_at)
+            .bind(&sms.idempotency_key)
+            .execute(&self.pool)
+            .await;
+        match inserted {
+            Ok(done) => Ok(Enqueued {
+                id: i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX),
+                created: true,
+            }),
+            Err(sqlx::Error::Database(db))
+                if sms.idempotency_key.is_some()
+                    && db
+                        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                        .is_some_and(|e| e.number() == ER_DUP_ENTRY) =>
+            {
+                let id: i64 = sqlx::query_scalar(BY_IDEMPOTENCY_KEY)
+                    .bind(&sms.idempotency_key)
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(Enqueued { id, created: false })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn list(&self, query: &SmsQuery) -> Result<Page, StoreError> {
+        let direction = if query.descending { "DESC" } else { "ASC" };
+        let mut select = QueryBuilder::<MySql>::new(format!("SELECT {SMS_COLUMNS} FROM sms"));
+        push_filter(&mut select, query, true);
+        let rows = match query.paging {
+            Paging::Offset { offset, limit } => {
+                // MySQL has no NULLS LAST and sorts NULLs first ascending:
+                // `(col IS NULL)` first keeps NULLs last in both directions.
+                select.push(" ORDER BY ");
+                if nullable(query.order_by) {
+                    select
+                        .push("(")
+                        .push(query.order_by.column())
+                        .push(" IS NULL), ");
+                }
+                select
+                    .push(query.order_by.column())
+                    .push(" ")
+                    .push(direction)
+                    .push(", id ")
+                    .push(direction)
+                    .push(" LIMIT ")
+                    .push_bind(i64::from(limit))
+                    .push(" OFFSET ")
+                    .push_bind(i64::try_from(offset).unwrap_or(i64::MAX));
+                select.build().fetch_all(&self.pool).await?
+            }
+            Paging::Keyset { limit, .. } => {
+                select
+                    .push(" ORDER BY id ")
+                    .push(direction)
+                    .push(" LIMIT ")
+                    .push_bind(i64::from(limit) + 1);
+                select.build().fetch_all(&self.pool).await?
+            }
+        };
+        let mut items = rows
+            .iter()
+            .map(sms_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let (total, has_more) = match query.paging {
+            Paging::Offset { .. } => {
+                let mut count = QueryBuilder::<MySql>::new("SELECT count(*) FROM sms");
+                push_filter(&mut count, query, false);
+                let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+                (Some(u64::try_from(total).unwrap_or(0)), false)
+            }
+            Paging::Keyset { limit, .. } => {
+                let more = items.len() > limit as usize;
+                items.truncate(limit as usize);
+                (None, more)
+            }
+        };
+        Ok(Page {
+            total,
+            items,
+            has_more,
+        })
+    }
+
+    async fn lookup_mobile(&self, recipient: Recipient) -> Result<Lookup, StoreError> {
+        let (sql, id) = match recipient {
+            Recipient::Client(id) => (&self.client_query, id),
+            Recipient::Staff(id) => (&self.staff_query, id),
+        };
+        // The directory SQL comes from the operator's config, never from a request.
+        let found: Option<Option<String>> = sqlx::query_scalar(AssertSqlSafe(sql.clone()))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(directory_error)?;
+        Ok(lookup_from(found))
+    }
+
+    async fn ready(&self) -> Result<bool, StoreError> {
+        let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let has_table: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM information_schema.tables
+             WHERE table_schema = DATABASE() AND table_name = '_sqlx_migrations'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if has_table == 0 {
+            return Ok(false);
+        }
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(applied.unwrap_or(0) >= latest)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
+        let counts: Vec<(String, i64)> =
+            sqlx::query_as(STATUS_COUNTS).fetch_all(&self.pool).await?;
+        let (due, oldest): (i64, f64) = sqlx::query_as(DUE_STATS).fetch_one(&self.pool).await?;
+        Ok(QueueStats {
+            by_status: by_status(&counts),
+            due: u64::try_from(due).unwrap_or(0),
+            oldest_due_age_secs: oldest.max(0.0),
+        })
+    }
+
+    async fn get(&self, id: i64) -> Result<Option<SmsRecord>, StoreError> {
+        let row = sqlx::query(GET).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(sms_from_row).transpose()
+    }
+
+    async fn attempts(&self, id: i64) -> Result<Vec<AttemptRecord>, StoreError> {
+        let rows = sqlx::query(ATTEMPTS).bind(id).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AttemptRecord {
+                    attempt: to_u32(row.try_get("attempt")?).unwrap_or(0),
+                    instance: row.try_get("instance")?,
+                    started_at: row.try_get("started_at")?,
+                    finished_at: row.try_get("finished_at")?,
+                    outcome: row.try_get("outcome")?,
+                    http_status: row
+                        .try_get::<Option<i32>, _>("http_status")?
+                        .and_then(|s| u16::try_from(s).ok()),
+                    provider_message_id: row.try_get("provider_message_id")?,
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn events(&self, id: i64) -> Result<Vec<EventRecord>, StoreError> {
+        let rows = sqlx::query(EVENTS).bind(id).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let from: String = row.try_get("from_status")?;
+                let to: String = row.try_get("to_status")?;
+                Ok(EventRecord {
+                    from_status: parse_status(id, &from)?,
+                    to_status: parse_status(id, &to)?,
+                    occurred_at: row.try_get("occurred_at")?,
+                    reason: row.try_get("reason")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_server_version;
+
+    #[test]
+    fn servers_with_skip_locked_json_table_and_checks_are_accepted() {
+        for version in [
+            "10.11.19-MariaDB-0+deb12u1",
+            "10.6.0-MariaDB",
+            "11.4.2-MariaDB-ubu2404",
+            "5.5.5-10.6.12-MariaDB-log",
+            "8.0.16",
+            "8.0.36-0ubuntu0.22.04.1",
+            "8.4.0",
+            "9.1.0-commercial",
+        ] {
+            assert_eq!(check_server_version(version), Ok(()), "{version}");
+        }
+    }
+
+    #[test]
+    fn older_servers_get_an_error_naming_their_version() {
+        for (version, product) in [
+            ("10.5.21-MariaDB", "MariaDB"),
+            ("10.4.32-MariaDB-log", "MariaDB"),
+            ("8.0.15", "MySQL"),
+            ("5.7.44-log", "MySQL"),
+            ("garbage", "MySQL"),
+        ] {
+            let error = check_server_version(version).unwrap_err();
+            assert!(
+                error.starts_with(&format!("{product} {version} is too old")),
+                "{error}"
+            );
+            assert!(error.contains("MariaDB 10.6+ or MySQL 8.0.16+"), "{error}");
+        }
+    }
+}
