@@ -33,9 +33,10 @@ pub enum StoreError {
         "unsupported database URL scheme {0:?} (expected postgres://, postgresql://, mysql://, mariadb:// or sqlite://)"
     )]
     UnsupportedUrl(String),
-    /// The database server is too old for the SQL smsrelay needs.
+    /// This database cannot hold the outbox (a server too old for the SQL
+    /// smsrelay needs, an in-memory SQLite database); the message says why.
     #[error("{0}")]
-    UnsupportedServer(String),
+    Unsupported(String),
     #[error("{0}")]
     Directory(String),
     #[error("row {id}: {message}")]

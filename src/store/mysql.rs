@@ -136,8 +136,11 @@ pub fn check_server_version(version: &str) -> Result<(), String> {
 
 // Expired pending rows become `failed` before the claim looks for work, so an
 // expired message is never sent. SKIP LOCKED: another instance may be expiring too.
+// FORCE INDEX here and in the other locking reads: they must walk their index
+// in order. With a filesort instead, FOR UPDATE would lock every row it read
+// to sort, not just the batch it returns, and starve the other instances.
 const EXPIRE_LOCK: &str = "
-SELECT id FROM sms
+SELECT id FROM sms FORCE INDEX (sms_expiry_idx)
 WHERE status = 'pending' AND expires_at <= UTC_TIMESTAMP(6)
 ORDER BY expires_at
 LIMIT 1000
@@ -156,7 +159,7 @@ FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j";
 // The claim, step one: lock due rows in due order, skipping rows another
 // instance holds. Walks sms_due_idx (status, due_at, id).
 const CLAIM_LOCK: &str = "
-SELECT id, attempts, mobile_no, message FROM sms
+SELECT id, attempts, mobile_no, message FROM sms FORCE INDEX (sms_due_idx)
 WHERE status = 'pending' AND due_at <= UTC_TIMESTAMP(6)
 ORDER BY due_at, id
 LIMIT ?
@@ -272,7 +275,7 @@ const REAPER_UNLOCK: &str = "SELECT RELEASE_LOCK(LEFT(CONCAT('smsrelay.reaper.',
 
 // Expired leases: the instance crashed or hung. Parameter: limit.
 const REAP_LOCK: &str = "
-SELECT id, attempts, locked_by FROM sms
+SELECT id, attempts, locked_by FROM sms FORCE INDEX (sms_lease_idx)
 WHERE status = 'sending' AND lease_expires_at < UTC_TIMESTAMP(6)
 ORDER BY lease_expires_at
 LIMIT ?
@@ -507,7 +510,7 @@ impl Store for MySqlStore {
         let version: String = sqlx::query_scalar("SELECT VERSION()")
             .fetch_one(&self.pool)
             .await?;
-        check_server_version(&version).map_err(StoreError::UnsupportedServer)?;
+        check_server_version(&version).map_err(StoreError::Unsupported)?;
         // MySQL cannot roll DDL back: a migration cut off halfway stays
         // recorded as failed and has to be cleaned up by hand (sqlx says so).
         MIGRATOR.run(&self.pool).await?;

@@ -67,11 +67,11 @@ impl SqliteStore {
         // The platform has to INSERT into the outbox, and the daemon must not
         // lose it at exit: an in-memory database can do neither.
         if options.url.contains(":memory:") || options.url.contains("mode=memory") {
-            return Err(StoreError::Database(sqlx::Error::Configuration(
+            return Err(StoreError::Unsupported(
                 "an in-memory SQLite database cannot be an outbox (nothing else can write to it \
                  and it is gone at exit); use sqlite://path/to/file.db"
                     .into(),
-            )));
+            ));
         }
         let connect = SqliteConnectOptions::from_str(&options.url)
             .map_err(StoreError::Database)?
@@ -84,6 +84,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        // Says where the file is: with the default URL that is the working directory.
+        let file = std::path::absolute(connect.get_filename())
+            .unwrap_or_else(|_| connect.get_filename().to_owned());
+        tracing::info!(file = %file.display(), "outbox in an SQLite file");
         let pool = SqlitePoolOptions::new()
             .max_connections(options.pool_size)
             .acquire_timeout(options.connect_timeout)
