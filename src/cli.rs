@@ -27,6 +27,9 @@ pub enum Command {
     Migrate,
     /// Validate the configuration and print it, secrets redacted.
     CheckConfig,
+    /// First run: start the daemon, send one SMS through its own API to a demo
+    /// client and show it reach `sent`, then keep running.
+    Demo,
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -89,6 +92,7 @@ pub fn execute(cli: Cli) -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Migrate => crate::app::migrate(&config).await,
+            Command::Demo => crate::demo::run(config.clone()).await,
             _ => {
                 let stop = CancellationToken::new();
                 crate::shutdown::cancel_on_signal(stop.clone())?;

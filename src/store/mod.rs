@@ -23,12 +23,12 @@ use crate::domain::{
 pub enum StoreError {
     /// The database could not be reached or the connection broke; worth retrying.
     #[error("database unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(sqlx::Error),
     /// Anything else the database refused.
     #[error("database error: {0}")]
-    Database(#[source] sqlx::Error),
+    Database(sqlx::Error),
     #[error("database migration failed: {0}")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     #[error(
         "unsupported database URL scheme {0:?} (expected postgres://, postgresql://, mysql://, mariadb:// or sqlite://)"
     )]
@@ -304,6 +304,10 @@ pub trait Store: Send + Sync + 'static {
     /// Counts for metrics.
     async fn stats(&self) -> Result<QueueStats, StoreError>;
 
+    /// Creates the table `smsrelay_demo_directory` holding made-up numbers for
+    /// `smsrelay demo` (see [`DEMO_CREATE`]); rows already there are kept.
+    async fn create_demo_directory(&self) -> Result<(), StoreError>;
+
     /// One message.
     async fn get(&self, id: i64) -> Result<Option<SmsRecord>, StoreError>;
 
@@ -332,6 +336,42 @@ impl Dialect {
             "mysql" | "mariadb" => Ok(Dialect::MySql),
             "sqlite" => Ok(Dialect::Sqlite),
             other => Err(StoreError::UnsupportedUrl(other.to_owned())),
+        }
+    }
+}
+
+/// The demo directory: made-up numbers, clearly marked, never used unless
+/// `smsrelay demo` points the directory queries at it. Portable SQL.
+pub const DEMO_CREATE: &str = "CREATE TABLE IF NOT EXISTS smsrelay_demo_directory (
+    kind VARCHAR(10) NOT NULL,
+    id BIGINT NOT NULL,
+    mobile_no VARCHAR(50),
+    note VARCHAR(100) NOT NULL,
+    PRIMARY KEY (kind, id))";
+
+/// The demo rows, after each dialect's "insert unless present" keyword.
+macro_rules! demo_rows {
+    () => {
+        " INTO smsrelay_demo_directory (kind, id, mobile_no, note) VALUES
+        ('client', 1, '+254 700 000 001', 'DEMO DATA created by smsrelay demo'),
+        ('client', 2, NULL, 'DEMO DATA: a client without a mobile number'),
+        ('staff', 1, '+254 700 000 101', 'DEMO DATA created by smsrelay demo')"
+    };
+}
+pub(crate) use demo_rows;
+
+impl Dialect {
+    /// The directory queries `smsrelay demo` uses, in this dialect's placeholder style.
+    pub fn demo_directory(self) -> DirectoryQueries {
+        let placeholder = if self == Dialect::Postgres { "$1" } else { "?" };
+        let query = |kind: &str| {
+            Some(format!(
+                "SELECT mobile_no FROM smsrelay_demo_directory WHERE kind = '{kind}' AND id = {placeholder}"
+            ))
+        };
+        DirectoryQueries {
+            client_query: query("client"),
+            staff_query: query("staff"),
         }
     }
 }

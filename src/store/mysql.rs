@@ -789,6 +789,14 @@ impl Store for MySqlStore {
         })
     }
 
+    async fn create_demo_directory(&self) -> Result<(), StoreError> {
+        sqlx::query(super::DEMO_CREATE).execute(&self.pool).await?;
+        sqlx::query(concat!("INSERT IGNORE", crate::store::demo_rows!()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn lookup_mobile(&self, recipient: Recipient) -> Result<Lookup, StoreError> {
         let (sql, id) = match recipient {
             Recipient::Client(id) => (&self.client_query, id),

@@ -584,6 +584,18 @@ impl Store for PgStore {
         })
     }
 
+    async fn create_demo_directory(&self) -> Result<(), StoreError> {
+        sqlx::query(super::DEMO_CREATE).execute(&self.pool).await?;
+        sqlx::query(concat!(
+            "INSERT",
+            crate::store::demo_rows!(),
+            " ON CONFLICT DO NOTHING"
+        ))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn lookup_mobile(&self, recipient: Recipient) -> Result<Lookup, StoreError> {
         let (sql, id) = match recipient {
             Recipient::Client(id) => (&self.client_query, id),

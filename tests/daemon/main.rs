@@ -392,3 +392,52 @@ async fn without_configured_tokens_a_private_dev_token_is_created_once() {
     assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
     terminate(child);
 }
+
+#[test]
+fn the_demo_shows_a_message_going_from_post_to_sent_on_sqlite() {
+    use std::io::BufRead;
+    let dir = workdir();
+    let mut child = smsrelay()
+        .current_dir(&dir)
+        .arg("demo")
+        .env("SMSRELAY_API__LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("The daemon keeps running"))
+    {
+        match lines_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("the demo did not finish: {seen:#?}"),
+        }
+    }
+    let (status, logs) = terminate(child);
+    assert_eq!(status.code(), Some(0), "{logs}");
+    let statuses: Vec<&str> = seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("status: "))
+        .collect();
+    assert_eq!(statuses, ["pending", "sent"], "{seen:#?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("\"mobileNo\": \"+254 700 000 001\""))
+    );
+    assert!(
+        dir.join("smsrelay.db").exists(),
+        "the default SQLite file in the working directory"
+    );
+}
