@@ -181,7 +181,10 @@ mod tests {
     fn an_escape_then_a_non_gsm_char_counts_in_ucs2() {
         // Form feed is an escape (2 septets) in GSM-7 but one unit in UCS-2.
         let count = count_segments("\u{c}я");
-        assert_eq!((count.encoding, count.units, count.segments), (Encoding::Ucs2, 2, 1));
+        assert_eq!(
+            (count.encoding, count.units, count.segments),
+            (Encoding::Ucs2, 2, 1)
+        );
     }
 
     #[test]

@@ -406,8 +406,17 @@ fn push_filter(sql: &mut QueryBuilder<Sqlite>, query: &SmsQuery, keyset: bool) {
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        match MIGRATOR.run(&self.pool).await {
+            Ok(()) => Ok(()),
+            // SQLite has no advisory lock: two processes starting on a fresh file
+            // race, and the loser's CREATE TABLE fails once the winner has
+            // committed. If everything is applied now, the race is harmless.
+            Err(e) if self.ready().await.unwrap_or(false) => {
+                tracing::debug!(error = %e, "another process applied the migrations first");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

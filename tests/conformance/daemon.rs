@@ -202,3 +202,21 @@ async fn two_processes_on_one_sqlite_file_send_each_message_once() {
         ROWS
     );
 }
+
+/// Processes starting together on a fresh SQLite file both migrate it: the
+/// loser of the race must start anyway (SQLite has no advisory lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_migrations_on_one_sqlite_file_both_succeed() {
+    for _ in 0..20 {
+        let dir =
+            std::env::temp_dir().join(format!("smsrelay-race-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("smsrelay.db").display());
+        let a = SqliteStore::open(&options(&url)).unwrap();
+        let b = SqliteStore::open(&options(&url)).unwrap();
+        let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+        assert!(ra.is_ok() && rb.is_ok(), "{ra:?} {rb:?}");
+        assert!(a.ready().await.unwrap() && b.ready().await.unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
