@@ -19,8 +19,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use smsrelay::config::{ProviderKind, Scope, TokenConfig};
-use smsrelay::store::postgres::PgStore;
 use smsrelay::store::Store;
+use smsrelay::store::postgres::PgStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::{Summary, Table, ms, summarize};
@@ -306,9 +306,7 @@ async fn run(target: &Arc<Target>, work: &Arc<Workload>, scenario: &Scenario) ->
 /// Checks the answers are what a screen would show before timing anything.
 async fn sanity(target: &Target, work: &Workload) {
     let (heavy, count) = work.heaviest[0];
-    let (_, body) = target
-        .get(&format!("/sms?clientId={heavy}&limit=50"))
-        .await;
+    let (_, body) = target.get(&format!("/sms?clientId={heavy}&limit=50")).await;
     let page: Value = serde_json::from_slice(&body).expect("JSON page");
     assert_eq!(page["totalFilteredRecords"], count);
     let items = page["pageItems"].as_array().expect("pageItems");
@@ -316,7 +314,12 @@ async fn sanity(target: &Target, work: &Workload) {
     assert!(items.iter().all(|i| i["clientId"] == heavy));
     let (_, body) = target.get("/sms/1").await;
     let detail: Value = serde_json::from_slice(&body).expect("JSON detail");
-    assert!(!detail["statusHistory"].as_array().expect("history").is_empty());
+    assert!(
+        !detail["statusHistory"]
+            .as_array()
+            .expect("history")
+            .is_empty()
+    );
 }
 
 async fn warm_up(target: &Target, work: &Workload) {

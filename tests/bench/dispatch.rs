@@ -144,10 +144,16 @@ struct Probe {
     id: i64,
 }
 
-async fn accept(State(received): State<Arc<AtomicU64>>, body: Bytes) -> impl axum::response::IntoResponse {
+async fn accept(
+    State(received): State<Arc<AtomicU64>>,
+    body: Bytes,
+) -> impl axum::response::IntoResponse {
     received.fetch_add(1, Ordering::Relaxed);
     let id = serde_json::from_slice::<Probe>(&body).map_or(0, |p| p.id);
-    ([(CONTENT_TYPE, "application/json")], format!("{{\"id\":\"prov-{id}\"}}"))
+    (
+        [(CONTENT_TYPE, "application/json")],
+        format!("{{\"id\":\"prov-{id}\"}}"),
+    )
 }
 
 impl FastProvider {
@@ -245,7 +251,9 @@ async fn run_once(run: &Run) -> Vec<String> {
     let elapsed = started.elapsed();
     stop.cancel();
     for task in tasks {
-        task.await.expect("instance").expect("instance stopped cleanly");
+        task.await
+            .expect("instance")
+            .expect("instance stopped cleanly");
     }
 
     assert_eq!(db.count("sent").await, n, "every message is sent");
