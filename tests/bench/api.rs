@@ -363,6 +363,7 @@ pub async fn bench() {
         "seeded in {:.0}s: sms {rows} rows ({size} with indexes), sms_attempt {attempts}, sms_event {events}",
         took.as_secs_f64()
     );
+    println!("{}", crate::stats::environment(&db.pool).await);
     let work = Arc::new(Workload::load(&db).await);
     println!(
         "heaviest clients (id: messages): {}",

@@ -215,6 +215,9 @@ async fn run_once(run: &Run) -> Vec<String> {
         .await
         .expect("vacuum");
 
+    if run.instances == 1 && run.batch_size == 64 && run.concurrency == 16 {
+        println!("\n{}", crate::stats::environment(&db.pool).await);
+    }
     let provider = FastProvider::start().await;
     let meter = Arc::new(Meter::default());
     let stop = CancellationToken::new();

@@ -39,6 +39,22 @@ pub fn summarize(samples: &[Duration], wall: Duration) -> Summary {
     }
 }
 
+/// The machine and the PostgreSQL settings that move these numbers, for the report.
+pub async fn environment(pool: &sqlx::PgPool) -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let (version, shared_buffers, sync, jit): (String, String, String, String) = sqlx::query_as(
+        "SELECT current_setting('server_version'), current_setting('shared_buffers'),
+                current_setting('synchronous_commit'), current_setting('jit')",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("settings");
+    format!(
+        "{cores} cores; PostgreSQL {version} on the same machine (shared_buffers {shared_buffers}, \
+         synchronous_commit {sync}, jit {jit})"
+    )
+}
+
 /// Milliseconds with two decimals (or one past 100 ms).
 pub fn ms(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
