@@ -120,6 +120,9 @@ impl Store for TimedStore {
     async fn stats(&self) -> Result<QueueStats, StoreError> {
         self.inner.stats().await
     }
+    async fn create_demo_directory(&self) -> Result<(), StoreError> {
+        self.inner.create_demo_directory().await
+    }
     async fn get(&self, id: i64) -> Result<Option<SmsRecord>, StoreError> {
         self.inner.get(id).await
     }
