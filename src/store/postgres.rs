@@ -524,42 +524,44 @@ impl Store for PgStore {
 
     async fn list(&self, query: &SmsQuery) -> Result<Page, StoreError> {
         let direction = if query.descending { "DESC" } else { "ASC" };
-        let mut select = QueryBuilder::<Postgres>::new(format!("SELECT {SMS_COLUMNS} FROM sms"));
+        let mut order = String::from(" ORDER BY ");
+        if matches!(query.paging, Paging::Offset { .. }) && query.order_by != OrderBy::Id {
+            // NULLs last either way, so the order does not flip with the direction;
+            // only for nullable columns, where it cannot stop an index from serving the order.
+            order.push_str(query.order_by.column());
+            order.push(' ');
+            order.push_str(direction);
+            order.push_str(if query.order_by.nullable() {
+                " NULLS LAST, "
+            } else {
+                ", "
+            });
+        }
+        order.push_str("id ");
+        order.push_str(direction);
+        // The page's ids first, then their rows. The inner query is an index-only
+        // scan when an index holds the filter and the order (sms_client_idx for a
+        // client's messages by id), so the planner cannot prefer walking the primary
+        // key and filtering on client_id, which reads most of the table for a busy
+        // client whose messages are all recent; and OFFSET skips index entries, not rows.
+        let mut select = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {SMS_COLUMNS} FROM sms WHERE id IN (SELECT id FROM sms"
+        ));
         push_filter(&mut select, query, true);
-        let rows = match query.paging {
+        select.push(&order).push(" LIMIT ");
+        match query.paging {
             Paging::Offset { offset, limit } => {
-                select.push(" ORDER BY ");
-                if query.order_by != OrderBy::Id {
-                    // NULLs last either way, so the order does not flip with the direction;
-                    // only for nullable columns, where it cannot stop an index from serving the order.
-                    select
-                        .push(query.order_by.column())
-                        .push(" ")
-                        .push(direction)
-                        .push(if query.order_by.nullable() {
-                            " NULLS LAST, "
-                        } else {
-                            ", "
-                        });
-                }
                 select
-                    .push("id ")
-                    .push(direction)
-                    .push(" LIMIT ")
                     .push_bind(i64::from(limit))
                     .push(" OFFSET ")
                     .push_bind(i64::try_from(offset).unwrap_or(i64::MAX));
-                select.build().fetch_all(&self.pool).await?
             }
             Paging::Keyset { limit, .. } => {
-                select
-                    .push(" ORDER BY id ")
-                    .push(direction)
-                    .push(" LIMIT ")
-                    .push_bind(i64::from(limit) + 1);
-                select.build().fetch_all(&self.pool).await?
+                select.push_bind(i64::from(limit) + 1);
             }
-        };
+        }
+        select.push(")").push(&order);
+        let rows = select.build().fetch_all(&self.pool).await?;
         let mut items = rows
             .iter()
             .map(sms_from_row)
