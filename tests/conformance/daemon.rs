@@ -214,8 +214,13 @@ async fn concurrent_first_migrations_on_one_sqlite_file_both_succeed() {
         let url = format!("sqlite://{}", dir.join("smsrelay.db").display());
         let a = SqliteStore::open(&options(&url)).unwrap();
         let b = SqliteStore::open(&options(&url)).unwrap();
-        let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
-        assert!(ra.is_ok() && rb.is_ok(), "{ra:?} {rb:?}");
+        // As the daemon starts: migrate, retrying what is transient (SQLITE_BUSY).
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (ra, rb) = tokio::join!(
+            smsrelay::app::wait_for_database(&a, &stop),
+            smsrelay::app::wait_for_database(&b, &stop)
+        );
+        assert!(matches!((&ra, &rb), (Ok(true), Ok(true))), "{ra:?} {rb:?}");
         assert!(a.ready().await.unwrap() && b.ready().await.unwrap());
         let _ = std::fs::remove_dir_all(&dir);
     }
