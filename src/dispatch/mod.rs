@@ -176,6 +176,7 @@ impl Dispatcher {
                         error: Some(refusal.reason.clone()),
                         segments: refusal.segments,
                         reason: format!("invalid: {}", refusal.reason),
+                        provider: None,
                     });
                     continue;
                 }
@@ -316,6 +317,7 @@ impl Dispatcher {
             error: None,
             segments: Some(segments),
             reason: String::new(),
+            provider: None,
         };
         match result {
             SendOutcome::Accepted {

@@ -118,6 +118,8 @@ pub struct Outcome {
     pub segments: Option<u32>,
     /// Why the status changed, for `sms_event.reason`.
     pub reason: String,
+    /// Which provider the attempt went to (`sms_attempt.provider`), when one did.
+    pub provider: Option<String>,
 }
 
 /// A message as stored, for queries and tests.
@@ -155,6 +157,8 @@ pub struct AttemptRecord {
     pub http_status: Option<u16>,
     pub provider_message_id: Option<String>,
     pub error: Option<String>,
+    /// The provider this attempt went to, when one was recorded.
+    pub provider: Option<String>,
 }
 
 /// One row of `sms_event`.

@@ -97,6 +97,7 @@ pub fn outcome(id: i64, attempt: u32, next: NextState) -> Outcome {
         error: error.map(str::to_owned),
         segments: matches!(next, NextState::Sent).then_some(1),
         reason: reason.to_owned(),
+        provider: None,
     }
 }
 

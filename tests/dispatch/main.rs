@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smsrelay::housekeeping::{ReaperSettings, reap_once};
-use smsrelay::store::Store;
 use support::*;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -516,6 +515,7 @@ async fn a_stale_outcome_write_changes_nothing() {
         error: None,
         segments: Some(1),
         reason: "accepted".into(),
+        provider: None,
     };
     // A's late answer for attempt 1, and a write under the right attempt but the wrong owner.
     let report = store
