@@ -88,6 +88,33 @@ impl AttemptRef {
     }
 }
 
+/// Expired rows the sweep fails per transaction, so that no sweep holds its
+/// locks long, however large the backlog.
+pub(super) const EXPIRE_BATCH: u32 = 1000;
+
+/// Transactions of [`EXPIRE_BATCH`] one claim spends on the sweep at most;
+/// the claim itself never returns an expired row, so what is left over waits
+/// for the next cycle without any risk of being sent.
+const EXPIRE_ROUNDS: u32 = 50;
+
+/// Runs `batch` (one sweep transaction, returning how many rows it failed)
+/// until a batch comes back short, i.e. none are left; returns the total.
+pub(super) async fn sweep_expired<F, Fut>(mut batch: F) -> Result<u64, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StoreError>>,
+{
+    let mut total = 0;
+    for _ in 0..EXPIRE_ROUNDS {
+        let expired = batch().await?;
+        total += expired;
+        if expired < u64::from(EXPIRE_BATCH) {
+            break;
+        }
+    }
+    Ok(total)
+}
+
 /// What a batch of `sent` outcomes did, from how many changed their row.
 pub(super) fn record_report(sent: usize, applied: impl TryInto<u64>) -> super::RecordReport {
     let sent = sent as u64;

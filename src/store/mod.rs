@@ -111,7 +111,7 @@ fn is_unavailable_code(code: Option<&str>) -> bool {
 pub struct Claim {
     /// Rows now `sending` under our lease.
     pub messages: Vec<ClaimedSms>,
-    /// Pending rows found past `expires_at` and moved to `failed`.
+    /// Pending rows found past `expires_at` and moved to `failed` by this claim's sweep.
     pub expired: u64,
 }
 
@@ -264,9 +264,11 @@ pub struct StoreOptions {
 /// The queue, as the dispatcher and the reaper work it.
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
-    /// In one short transaction: fails expired pending rows, then claims up to
-    /// `batch_size` due rows for `instance` with a lease of `lease`, bumping the
-    /// attempt and writing the attempt and event rows.
+    /// Fails expired pending rows, in short transactions of a bounded batch
+    /// until none are left; then, in one short transaction, claims up to
+    /// `batch_size` due rows for `instance` with a lease of `lease`, bumping
+    /// the attempt and writing the attempt and event rows. A row past its
+    /// `expires_at` is never claimed, swept or not.
     async fn claim(
         &self,
         instance: &str,

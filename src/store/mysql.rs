@@ -31,7 +31,10 @@ use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySql
 use sqlx::{AssertSqlSafe, Executor};
 
 use super::backend::{Backend, DirectorySql, insert_args};
-use super::batch::{AttemptRef, OutcomeRow, first_per_id, micros, record_report, to_json};
+use super::batch::{
+    AttemptRef, EXPIRE_BATCH, OutcomeRow, first_per_id, micros, record_report, sweep_expired,
+    to_json,
+};
 use super::query::{Arg, Style};
 use super::rows;
 use super::{Claim, Queue, ReapReport, RecordReport, StoreError, StoreOptions};
@@ -120,8 +123,8 @@ pub fn check_server_version(version: &str) -> Result<(), String> {
 
 // --- claim -----------------------------------------------------------------
 
-// Expired pending rows become `failed` before the claim looks for work, so an
-// expired message is never sent. SKIP LOCKED: another instance may be expiring too.
+// One batch of the expiry sweep: expired pending rows become `failed`.
+// SKIP LOCKED: another instance may be expiring too. Parameter: batch size.
 // FORCE INDEX here and in the other locking reads: they must walk their index
 // in order. With a filesort instead, FOR UPDATE would lock every row it read
 // to sort, not just the batch it returns, and starve the other instances.
@@ -129,7 +132,7 @@ const EXPIRE_LOCK: &str = "
 SELECT id FROM sms FORCE INDEX (sms_expiry_idx)
 WHERE status = 'pending' AND expires_at <= UTC_TIMESTAMP(6)
 ORDER BY expires_at
-LIMIT 1000
+LIMIT ?
 FOR UPDATE SKIP LOCKED";
 
 // Parameter: JSON array of ids (all locked by EXPIRE_LOCK in this transaction).
@@ -143,10 +146,12 @@ SELECT j.id, 'pending', 'failed', 'expired before it could be sent', UTC_TIMESTA
 FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j";
 
 // The claim, step one: lock due rows in due order, skipping rows another
-// instance holds. Walks sms_due_idx (status, due_at, id).
+// instance holds. Walks sms_due_idx (status, due_at, id). A row past
+// `expires_at` is never claimed, whether or not the sweep has reached it yet.
 const CLAIM_LOCK: &str = "
 SELECT id, attempts, mobile_no, message FROM sms FORCE INDEX (sms_due_idx)
 WHERE status = 'pending' AND due_at <= UTC_TIMESTAMP(6)
+  AND (expires_at IS NULL OR expires_at > UTC_TIMESTAMP(6))
 ORDER BY due_at, id
 LIMIT ?
 FOR UPDATE SKIP LOCKED";
@@ -358,6 +363,23 @@ fn fenced(
 }
 
 impl MySqlStore {
+    /// One transaction of the expiry sweep; returns how many rows it failed.
+    async fn expire_batch(&self) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let expired: Vec<i64> = sqlx::query_scalar(EXPIRE_LOCK)
+            .bind(i64::from(EXPIRE_BATCH))
+            .fetch_all(&mut *tx)
+            .await?;
+        if !expired.is_empty() {
+            let json = to_json(&expired)?;
+            for statement in [EXPIRE, EXPIRE_EVENTS] {
+                sqlx::query(statement).bind(&json).execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(expired.len() as u64)
+    }
+
     /// The reaper's work, inside a transaction on the connection holding the lock.
     async fn reap_locked(
         conn: &mut sqlx::MySqlConnection,
@@ -481,14 +503,8 @@ impl Queue for MySqlStore {
         batch_size: u32,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
+        let expired = sweep_expired(|| self.expire_batch()).await?;
         let mut tx = self.pool.begin().await?;
-        let expired: Vec<i64> = sqlx::query_scalar(EXPIRE_LOCK).fetch_all(&mut *tx).await?;
-        if !expired.is_empty() {
-            let json = to_json(&expired)?;
-            for statement in [EXPIRE, EXPIRE_EVENTS] {
-                sqlx::query(statement).bind(&json).execute(&mut *tx).await?;
-            }
-        }
         let rows = sqlx::query(CLAIM_LOCK)
             .bind(i64::from(batch_size))
             .fetch_all(&mut *tx)
@@ -515,10 +531,7 @@ impl Queue for MySqlStore {
             }
         }
         tx.commit().await?;
-        Ok(Claim {
-            messages,
-            expired: expired.len() as u64,
-        })
+        Ok(Claim { messages, expired })
     }
 
     async fn record_outcomes(

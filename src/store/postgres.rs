@@ -17,7 +17,9 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres};
 
 use super::backend::{Backend, DirectorySql};
-use super::batch::{AttemptRef, OutcomeRow, millis, record_report, to_json};
+use super::batch::{
+    AttemptRef, EXPIRE_BATCH, OutcomeRow, millis, record_report, sweep_expired, to_json,
+};
 use super::query::{Arg, Style};
 use super::rows;
 use super::{Claim, Queue, ReapReport, RecordReport, StoreError, StoreOptions};
@@ -59,8 +61,8 @@ impl PgStore {
     }
 }
 
-// Expired pending rows become `failed` before the claim looks for work, so an
-// expired message is never sent. SKIP LOCKED: another instance may be expiring too.
+// One batch of the expiry sweep: expired pending rows become `failed`.
+// SKIP LOCKED: another instance may be expiring too. $1 = batch size.
 const EXPIRE: &str = "
 WITH expired AS (
     UPDATE sms SET status = 'failed', last_error = 'expired', updated_at = now()
@@ -68,7 +70,7 @@ WITH expired AS (
         SELECT id FROM sms
         WHERE status = 'pending' AND expires_at <= now()
         ORDER BY expires_at
-        LIMIT 1000
+        LIMIT $1
         FOR NO KEY UPDATE SKIP LOCKED)
     RETURNING id
 )
@@ -77,11 +79,13 @@ SELECT id, 'pending', 'failed', 'expired before it could be sent' FROM expired";
 
 // The claim: lock due rows (MATERIALIZED so the LIMIT applies before the
 // UPDATE joins back), lease them to this instance, bump the attempt and write
-// the attempt and event rows, all in one statement.
+// the attempt and event rows, all in one statement. A row past `expires_at`
+// is never claimed, whether or not the sweep has reached it yet.
 const CLAIM: &str = "
 WITH due AS MATERIALIZED (
     SELECT id FROM sms
     WHERE status = 'pending' AND due_at <= now()
+      AND (expires_at IS NULL OR expires_at > now())
     ORDER BY due_at, id
     LIMIT $1
     FOR NO KEY UPDATE SKIP LOCKED
@@ -287,15 +291,20 @@ impl Queue for PgStore {
         batch_size: u32,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let expired = sqlx::query(EXPIRE).execute(&mut *tx).await?.rows_affected();
+        let expired = sweep_expired(|| async {
+            let done = sqlx::query(EXPIRE)
+                .bind(i64::from(EXPIRE_BATCH))
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected())
+        })
+        .await?;
         let rows = sqlx::query(CLAIM)
             .bind(i64::from(batch_size))
             .bind(instance)
             .bind(millis(lease))
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
-        tx.commit().await?;
         let messages = rows
             .iter()
             .map(|row| rows::claimed(row, 0))

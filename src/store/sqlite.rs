@@ -31,7 +31,8 @@ use time::OffsetDateTime;
 
 use super::backend::{Backend, DirectorySql};
 use super::batch::{
-    AttemptRef, OutcomeRow, first_per_id, millis, parse_status, record_report, to_json,
+    AttemptRef, EXPIRE_BATCH, OutcomeRow, first_per_id, millis, parse_status, record_report,
+    sweep_expired, to_json,
 };
 use super::query::{Arg, Style};
 use super::rows;
@@ -115,15 +116,15 @@ pub fn from_ms(ms: i64) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
 }
 
-// Expired pending rows become `failed` before the claim looks for work, so an
-// expired message is never sent. ?1 = now.
+// One batch of the expiry sweep: expired pending rows become `failed`.
+// ?1 = now, ?2 = batch size.
 const EXPIRE: &str = "
 UPDATE sms SET status = 'failed', last_error = 'expired', updated_at = ?1
 WHERE id IN (
     SELECT id FROM sms
     WHERE status = 'pending' AND expires_at <= ?1
     ORDER BY expires_at
-    LIMIT 1000)
+    LIMIT ?2)
 RETURNING id";
 
 // ?1 = JSON array of ids, ?2 = now.
@@ -132,7 +133,8 @@ INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
 SELECT value, 'pending', 'failed', 'expired before it could be sent', ?2 FROM json_each(?1)";
 
 // The claim. The subquery picks due rows in due order; under BEGIN IMMEDIATE
-// no other writer can pick the same rows before we commit.
+// no other writer can pick the same rows before we commit. A row past
+// `expires_at` is never claimed, whether or not the sweep has reached it yet.
 // ?1 = now, ?2 = instance, ?3 = lease in ms, ?4 = batch size.
 const CLAIM: &str = "
 UPDATE sms SET
@@ -144,6 +146,7 @@ UPDATE sms SET
 WHERE id IN (
     SELECT id FROM sms
     WHERE status = 'pending' AND due_at <= ?1
+      AND (expires_at IS NULL OR expires_at > ?1)
     ORDER BY due_at, id
     LIMIT ?4)
 RETURNING id, attempts, mobile_no, message";
@@ -311,16 +314,25 @@ impl Backend for SqliteStore {
     }
 
     async fn apply_migrations(&self) -> Result<(), StoreError> {
-        match MIGRATOR.run(&self.pool).await {
-            Ok(()) => Ok(()),
-            // SQLite has no advisory lock: two processes starting on a fresh file
-            // race, and the loser's CREATE TABLE fails once the winner has
-            // committed. If everything is applied now, the race is harmless.
-            Err(e) if self.ready().await.unwrap_or(false) => {
+        // SQLite has no advisory lock: two processes starting on a fresh file
+        // race, and the loser's statement of a migration fails once the winner
+        // has committed that migration. Running again skips what the winner
+        // applied; only a failure while nobody makes progress is real.
+        let mut applied = self.applied_migrations().await;
+        loop {
+            let Err(e) = MIGRATOR.run(&self.pool).await else {
+                return Ok(());
+            };
+            if self.ready().await.unwrap_or(false) {
                 tracing::debug!(error = %e, "another process applied the migrations first");
-                Ok(())
+                return Ok(());
             }
-            Err(e) => Err(e.into()),
+            let now = self.applied_migrations().await;
+            if now <= applied {
+                return Err(e.into());
+            }
+            tracing::debug!(error = %e, "another process is applying the migrations");
+            applied = now;
         }
     }
 
@@ -333,18 +345,22 @@ impl Backend for SqliteStore {
     }
 }
 
-#[async_trait]
-impl Queue for SqliteStore {
-    async fn claim(
-        &self,
-        instance: &str,
-        batch_size: u32,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
+impl SqliteStore {
+    /// How many migrations are applied (0 before the first).
+    async fn applied_migrations(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or(0)
+    }
+
+    /// One transaction of the expiry sweep; returns how many rows it failed.
+    async fn expire_batch(&self) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
         let expired: Vec<i64> = sqlx::query_scalar(EXPIRE)
             .bind(now)
+            .bind(i64::from(EXPIRE_BATCH))
             .fetch_all(&mut *tx)
             .await?;
         if !expired.is_empty() {
@@ -354,6 +370,22 @@ impl Queue for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        tx.commit().await?;
+        Ok(expired.len() as u64)
+    }
+}
+
+#[async_trait]
+impl Queue for SqliteStore {
+    async fn claim(
+        &self,
+        instance: &str,
+        batch_size: u32,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let expired = sweep_expired(|| self.expire_batch()).await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_ms();
         let rows = sqlx::query(CLAIM)
             .bind(now)
             .bind(instance)
@@ -378,10 +410,7 @@ impl Queue for SqliteStore {
             }
         }
         tx.commit().await?;
-        Ok(Claim {
-            messages,
-            expired: expired.len() as u64,
-        })
+        Ok(Claim { messages, expired })
     }
 
     async fn record_outcomes(
