@@ -244,13 +244,9 @@ async fn expired_rows_fail_instead_of_being_sent(db: TestStore) {
     );
 }
 
-/// An OTP backlog after an outage: 3,000 rows an hour past `expires_at`. Not
-/// one of them is handed out for sending; every one ends `failed` as expired,
-/// while a fresh row among them is still claimed.
-async fn an_expired_backlog_is_never_claimed(db: TestStore) {
-    const BACKLOG: i64 = 3_000;
+/// `n` one-time codes an hour past their `expires_at`, as after an outage.
+pub async fn insert_expired_backlog(db: &TestStore, n: i64) {
     let now = db.now().await;
-    let fresh = db.insert(1, "+254712345678", "still good").await;
     db.insert_row(
         "INSERT INTO sms (client_id, mobile_no, message, expires_at) VALUES ($1, $2, $3, $4)",
         &[
@@ -261,20 +257,29 @@ async fn an_expired_backlog_is_never_claimed(db: TestStore) {
         ],
     )
     .await;
-    // Doubling the expired rows, then topping them up to the backlog.
+    // Doubling the expired rows, then topping them up to `n`.
     let copy = "INSERT INTO sms (client_id, mobile_no, message, expires_at) \
                 SELECT client_id, mobile_no, message, expires_at FROM sms \
                 WHERE expires_at IS NOT NULL LIMIT $1";
-    let mut expired = 1;
-    while expired < BACKLOG {
-        expired += i64::try_from(db.exec(copy, &[int(expired.min(BACKLOG - expired))]).await)
-            .expect("row count");
+    let mut inserted = 1;
+    while inserted < n {
+        let added = db.exec(copy, &[int(inserted.min(n - inserted))]).await;
+        inserted += i64::try_from(added).expect("row count");
     }
     assert_eq!(
         db.count("SELECT count(*) FROM sms WHERE expires_at IS NOT NULL", &[])
             .await,
-        BACKLOG
+        n
     );
+}
+
+/// An OTP backlog after an outage: 3,000 rows an hour past `expires_at`. Not
+/// one of them is handed out for sending; every one ends `failed` as expired,
+/// while a fresh row among them is still claimed.
+async fn an_expired_backlog_is_never_claimed(db: TestStore) {
+    const BACKLOG: i64 = 3_000;
+    let fresh = db.insert(1, "+254712345678", "still good").await;
+    insert_expired_backlog(&db, BACKLOG).await;
 
     let mut claimed = Vec::new();
     let mut swept = 0;

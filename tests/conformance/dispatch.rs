@@ -17,6 +17,7 @@ conformance!(
     the_dispatcher_sends_end_to_end,
     the_dispatcher_retries_a_transient_failure,
     two_dispatchers_send_each_message_exactly_once,
+    an_expired_backlog_never_reaches_the_provider,
 );
 
 /// A config for `db` with the webhook provider at `provider_url` and fast retries.
@@ -227,5 +228,36 @@ async fn two_dispatchers_send_each_message_exactly_once(db: TestStore) {
             .await,
         0,
         "one attempt each"
+    );
+}
+
+/// 3,000 codes an hour past `expires_at`: the dispatcher sends none of them
+/// (the provider sees no request) and every one ends `failed` as expired.
+async fn an_expired_backlog_never_reaches_the_provider(db: TestStore) {
+    const BACKLOG: i64 = 3_000;
+    let provider = accepting_provider().await;
+    let config = config(&db, &provider.uri());
+    let dispatcher = dispatcher(&db, &config);
+    crate::claim::insert_expired_backlog(&db, BACKLOG).await;
+
+    let stop = CancellationToken::new();
+    let mut expired = 0;
+    for _ in 0..10 {
+        let report = dispatcher.run_once(&stop).await.unwrap();
+        assert_eq!(report.claimed, 0, "{report:?}");
+        expired += report.expired;
+        if report.expired == 0 {
+            break;
+        }
+    }
+    assert_eq!(expired, BACKLOG as u64);
+    assert_eq!(provider.received_requests().await.unwrap().len(), 0);
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM sms WHERE status = 'failed' AND last_error = 'expired'",
+            &[]
+        )
+        .await,
+        BACKLOG
     );
 }
