@@ -36,7 +36,7 @@ use super::batch::{
     to_json,
 };
 use super::query::{Arg, Style};
-use super::rows;
+use super::rows::ClaimedRows;
 use super::{Claim, Queue, ReapReport, RecordReport, StoreError, StoreOptions};
 use crate::domain::{NewSms, Outcome, Recipient};
 
@@ -509,13 +509,10 @@ impl Queue for MySqlStore {
             .bind(i64::from(batch_size))
             .fetch_all(&mut *tx)
             .await?;
-        let mut messages = rows
-            .iter()
-            .map(|row| rows::claimed(row, 1))
-            .collect::<Result<Vec<_>, _>>()?;
-        messages.sort_by_key(|m| m.id);
-        if !messages.is_empty() {
-            let claimed = to_json(&AttemptRef::claimed(&messages))?;
+        let read = ClaimedRows::read(&rows, 1)?;
+        let refs = read.refs();
+        if !refs.is_empty() {
+            let claimed = to_json(&refs)?;
             sqlx::query(CLAIM)
                 .bind(&claimed)
                 .bind(instance)
@@ -531,7 +528,7 @@ impl Queue for MySqlStore {
             }
         }
         tx.commit().await?;
-        Ok(Claim { messages, expired })
+        read.finish(self, instance, expired).await
     }
 
     async fn record_outcomes(

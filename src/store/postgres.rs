@@ -21,7 +21,7 @@ use super::batch::{
     AttemptRef, EXPIRE_BATCH, OutcomeRow, millis, record_report, sweep_expired, to_json,
 };
 use super::query::{Arg, Style};
-use super::rows;
+use super::rows::ClaimedRows;
 use super::{Claim, Queue, ReapReport, RecordReport, StoreError, StoreOptions};
 use crate::domain::Outcome;
 
@@ -305,11 +305,9 @@ impl Queue for PgStore {
             .bind(millis(lease))
             .fetch_all(&self.pool)
             .await?;
-        let messages = rows
-            .iter()
-            .map(|row| rows::claimed(row, 0))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Claim { messages, expired })
+        ClaimedRows::read(&rows, 0)?
+            .finish(self, instance, expired)
+            .await
     }
 
     async fn record_outcomes(

@@ -5,9 +5,11 @@
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use super::StoreError;
-use super::batch::{parse_status, to_u32};
-use crate::domain::{AttemptRecord, ClaimedSms, EventRecord, SmsRecord};
+use super::batch::{AttemptRef, parse_status, to_u32};
+use super::{Claim, Queue, StoreError};
+use crate::domain::{
+    AttemptOutcome, AttemptRecord, ClaimedSms, EventRecord, NextState, Outcome, SmsRecord,
+};
 
 /// The columns of `sms` that [`sms`] reads, in every SELECT of a message.
 pub(super) const SMS_COLUMNS: &str = "id, client_id, staff_id, mobile_no, message, status, \
@@ -91,11 +93,14 @@ impl<R: Columns> Reader<'_, R> {
     }
 
     fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
-        self.row.int(column).map_err(|e| self.bad(column, e))
+        self.row.int(column).map_err(|e| self.bad(column, cause(e)))
     }
 
     fn opt_u32(&self, column: &str) -> Result<Option<u32>, StoreError> {
-        let value = self.row.int4(column).map_err(|e| self.bad(column, e))?;
+        let value = self
+            .row
+            .int4(column)
+            .map_err(|e| self.bad(column, cause(e)))?;
         Ok(to_u32(value))
     }
 
@@ -105,7 +110,9 @@ impl<R: Columns> Reader<'_, R> {
     }
 
     fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
-        self.row.text(column).map_err(|e| self.bad(column, e))
+        self.row
+            .text(column)
+            .map_err(|e| self.bad(column, cause(e)))
     }
 
     fn text(&self, column: &str) -> Result<String, StoreError> {
@@ -114,7 +121,9 @@ impl<R: Columns> Reader<'_, R> {
     }
 
     fn opt_time(&self, column: &str) -> Result<Option<OffsetDateTime>, StoreError> {
-        self.row.time(column).map_err(|e| self.bad(column, e))
+        self.row
+            .time(column)
+            .map_err(|e| self.bad(column, cause(e)))
     }
 
     fn time(&self, column: &str) -> Result<OffsetDateTime, StoreError> {
@@ -124,6 +133,15 @@ impl<R: Columns> Reader<'_, R> {
 
     fn status(&self, column: &str) -> Result<crate::domain::Status, StoreError> {
         parse_status(self.id, &self.text(column)?)
+    }
+}
+
+/// What went wrong decoding a value, without sqlx's wrapper that names the
+/// column again.
+fn cause(e: sqlx::Error) -> String {
+    match e {
+        sqlx::Error::ColumnDecode { source, .. } => source.to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -161,16 +179,81 @@ pub(super) fn sms<R: Columns>(row: &R) -> Result<SmsRecord, StoreError> {
     })
 }
 
-/// A claimed row (`id, attempts, mobile_no, message`); `attempts + bump` is
-/// the attempt now running (MySQL reads the row before it bumps the count).
-pub(super) fn claimed<R: Columns>(row: &R, bump: u32) -> Result<ClaimedSms, StoreError> {
-    let r = Reader { row, id: id(row)? };
-    Ok(ClaimedSms {
-        id: r.id,
-        attempt: r.u32("attempts")? + bump,
-        mobile_no: r.text("mobile_no")?,
-        message: r.text("message")?,
-    })
+/// The rows of a claim (`id, attempts, mobile_no, message`): those that
+/// could be read, and an `invalid` outcome declining each one that could not
+/// (a BLOB in a TEXT column on SQLite, say), so that it cannot come first in
+/// the queue again and again. `attempts + bump` is the attempt now running
+/// (MySQL reads the row before it bumps the count).
+#[derive(Debug, Default)]
+pub(super) struct ClaimedRows {
+    pub messages: Vec<ClaimedSms>,
+    pub unreadable: Vec<Outcome>,
+}
+
+impl ClaimedRows {
+    pub fn read<R: Columns>(rows: &[R], bump: u32) -> Result<ClaimedRows, StoreError> {
+        let mut claimed = ClaimedRows::default();
+        for row in rows {
+            let r = Reader { row, id: id(row)? };
+            let attempt = r.u32("attempts")? + bump;
+            match (r.text("mobile_no"), r.text("message")) {
+                (Ok(mobile_no), Ok(message)) => claimed.messages.push(ClaimedSms {
+                    id: r.id,
+                    attempt,
+                    mobile_no,
+                    message,
+                }),
+                (Err(e), _) | (_, Err(e)) => {
+                    let reason = match e {
+                        StoreError::BadRow { message, .. } => message,
+                        other => other.to_string(),
+                    };
+                    tracing::warn!(sms_id = r.id, %reason, "declining a row that cannot be read");
+                    claimed.unreadable.push(Outcome {
+                        id: r.id,
+                        attempt,
+                        outcome: AttemptOutcome::Invalid,
+                        next: NextState::Declined,
+                        http_status: None,
+                        provider_message_id: None,
+                        reason: format!("invalid: {reason}"),
+                        error: Some(reason),
+                        segments: None,
+                        provider: None,
+                    });
+                }
+            }
+        }
+        claimed.messages.sort_by_key(|m| m.id);
+        Ok(claimed)
+    }
+
+    /// Every claimed row on its attempt, readable or not.
+    pub fn refs(&self) -> Vec<AttemptRef> {
+        let mut refs = AttemptRef::claimed(&self.messages);
+        refs.extend(self.unreadable.iter().map(|o| AttemptRef {
+            id: o.id,
+            attempt: i64::from(o.attempt),
+        }));
+        refs
+    }
+
+    /// Once the claim is committed: declines the unreadable rows and hands
+    /// out the others.
+    pub async fn finish(
+        self,
+        queue: &impl Queue,
+        instance: &str,
+        expired: u64,
+    ) -> Result<Claim, StoreError> {
+        if !self.unreadable.is_empty() {
+            queue.record_outcomes(instance, &self.unreadable).await?;
+        }
+        Ok(Claim {
+            messages: self.messages,
+            expired,
+        })
+    }
 }
 
 /// One attempt of message `id`, from the [`ATTEMPT_COLUMNS`].
@@ -185,7 +268,7 @@ pub(super) fn attempt<R: Columns>(row: &R, id: i64) -> Result<AttemptRecord, Sto
         http_status: r
             .row
             .int4("http_status")
-            .map_err(|e| r.bad("http_status", e))?
+            .map_err(|e| r.bad("http_status", cause(e)))?
             .and_then(|s| u16::try_from(s).ok()),
         provider_message_id: r.opt_text("provider_message_id")?,
         error: r.opt_text("error")?,

@@ -35,7 +35,7 @@ use super::batch::{
     sweep_expired, to_json,
 };
 use super::query::{Arg, Style};
-use super::rows;
+use super::rows::ClaimedRows;
 use super::{Claim, Queue, ReapReport, RecordReport, Schema, StoreError, StoreOptions};
 use crate::domain::{Outcome, Status};
 
@@ -393,13 +393,10 @@ impl Queue for SqliteStore {
             .bind(i64::from(batch_size))
             .fetch_all(&mut *tx)
             .await?;
-        let mut messages = rows
-            .iter()
-            .map(|row| rows::claimed(row, 0))
-            .collect::<Result<Vec<_>, _>>()?;
-        messages.sort_by_key(|m| m.id);
-        if !messages.is_empty() {
-            let claimed = to_json(&AttemptRef::claimed(&messages))?;
+        let read = ClaimedRows::read(&rows, 0)?;
+        let refs = read.refs();
+        if !refs.is_empty() {
+            let claimed = to_json(&refs)?;
             for statement in [CLAIM_ATTEMPTS, CLAIM_EVENTS] {
                 sqlx::query(statement)
                     .bind(&claimed)
@@ -410,7 +407,7 @@ impl Queue for SqliteStore {
             }
         }
         tx.commit().await?;
-        Ok(Claim { messages, expired })
+        read.finish(self, instance, expired).await
     }
 
     async fn record_outcomes(
