@@ -43,6 +43,8 @@ impl DirectorySql {
 pub(super) trait Backend: Send + Sync + 'static {
     type Row: Columns + Send + Sync;
 
+    /// The embedded migrations.
+    const MIGRATOR: &'static Migrator;
     /// Placeholders and NULL ordering.
     const STYLE: Style;
     /// One row with a count `n`: 1 when the table `_sqlx_migrations` exists.
@@ -52,8 +54,6 @@ pub(super) trait Backend: Send + Sync + 'static {
 
     /// Runs one statement with `args` bound in order and returns its rows.
     async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<Self::Row>, sqlx::Error>;
-
-    fn migrator(&self) -> &'static Migrator;
 
     fn directory(&self) -> &DirectorySql;
 
@@ -227,7 +227,7 @@ impl<B: Backend> Schema for B {
     }
 
     async fn ready(&self) -> Result<bool, StoreError> {
-        let latest = self.migrator().iter().map(|m| m.version).max().unwrap_or(0);
+        let latest = B::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
         if count_of(&self.fetch(B::MIGRATIONS_TABLE, &[]).await?)? == 0 {
             // Reachable but not migrated.
             return Ok(false);

@@ -433,6 +433,7 @@ impl MySqlStore {
 impl Backend for MySqlStore {
     type Row = MySqlRow;
 
+    const MIGRATOR: &'static Migrator = &MIGRATOR;
     const STYLE: Style = Style {
         placeholder: Style::question_mark,
         nulls_last: false,
@@ -445,10 +446,6 @@ impl Backend for MySqlStore {
         bind(sqlx::query(AssertSqlSafe(sql.to_owned())), args)
             .fetch_all(&self.pool)
             .await
-    }
-
-    fn migrator(&self) -> &'static Migrator {
-        &MIGRATOR
     }
 
     fn directory(&self) -> &DirectorySql {

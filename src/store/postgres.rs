@@ -248,6 +248,7 @@ fn bind<'q>(
 impl Backend for PgStore {
     type Row = PgRow;
 
+    const MIGRATOR: &'static Migrator = &MIGRATOR;
     const STYLE: Style = Style {
         placeholder: Style::numbered,
         nulls_last: true,
@@ -263,10 +264,6 @@ impl Backend for PgStore {
         bind(sqlx::query(AssertSqlSafe(sql.to_owned())), args)
             .fetch_all(&self.pool)
             .await
-    }
-
-    fn migrator(&self) -> &'static Migrator {
-        &MIGRATOR
     }
 
     fn directory(&self) -> &DirectorySql {

@@ -292,6 +292,7 @@ fn bind<'q>(
 impl Backend for SqliteStore {
     type Row = SqliteRow;
 
+    const MIGRATOR: &'static Migrator = &MIGRATOR;
     const STYLE: Style = Style {
         placeholder: Style::question_mark,
         nulls_last: true,
@@ -303,10 +304,6 @@ impl Backend for SqliteStore {
         bind(sqlx::query(AssertSqlSafe(sql.to_owned())), args)
             .fetch_all(&self.pool)
             .await
-    }
-
-    fn migrator(&self) -> &'static Migrator {
-        &MIGRATOR
     }
 
     fn directory(&self) -> &DirectorySql {
