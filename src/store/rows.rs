@@ -31,6 +31,8 @@ pub(super) trait Columns: Row {
     fn time(&self, column: &str) -> Result<Option<OffsetDateTime>, sqlx::Error>;
     /// The first column as text, whatever its name (the operator's directory query).
     fn first_text(&self) -> Result<Option<String>, sqlx::Error>;
+    /// The database's name for the type of the value stored in `column`.
+    fn stored_type(&self, column: &str) -> Option<String>;
 }
 
 /// `Columns` for a row type whose times decode natively; `$time` maps the
@@ -56,6 +58,11 @@ macro_rules! columns {
             }
             fn first_text(&self) -> Result<Option<String>, sqlx::Error> {
                 self.try_get(0)
+            }
+            fn stored_type(&self, column: &str) -> Option<String> {
+                use sqlx::{TypeInfo, ValueRef};
+                let value = self.try_get_raw(column).ok()?;
+                Some(value.type_info().name().to_owned())
             }
         }
     };
@@ -92,15 +99,32 @@ impl<R: Columns> Reader<'_, R> {
         value.ok_or_else(|| self.bad(column, "it is NULL"))
     }
 
+    /// A value that did not decode: a type other than `kind` says which
+    /// type the database holds; anything else says what sqlx found wrong.
+    fn undecodable(&self, column: &str, kind: &str, e: sqlx::Error) -> StoreError {
+        let cause = match e {
+            sqlx::Error::ColumnDecode { source, .. } => source.to_string(),
+            other => other.to_string(),
+        };
+        match self.row.stored_type(column) {
+            Some(stored) if cause.starts_with("mismatched types") => {
+                self.bad(column, format!("it holds {stored}, not {kind}"))
+            }
+            _ => self.bad(column, cause),
+        }
+    }
+
     fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
-        self.row.int(column).map_err(|e| self.bad(column, cause(e)))
+        self.row
+            .int(column)
+            .map_err(|e| self.undecodable(column, "an integer", e))
     }
 
     fn opt_u32(&self, column: &str) -> Result<Option<u32>, StoreError> {
         let value = self
             .row
             .int4(column)
-            .map_err(|e| self.bad(column, cause(e)))?;
+            .map_err(|e| self.undecodable(column, "an integer", e))?;
         Ok(to_u32(value))
     }
 
@@ -112,7 +136,7 @@ impl<R: Columns> Reader<'_, R> {
     fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
         self.row
             .text(column)
-            .map_err(|e| self.bad(column, cause(e)))
+            .map_err(|e| self.undecodable(column, "text", e))
     }
 
     fn text(&self, column: &str) -> Result<String, StoreError> {
@@ -123,7 +147,7 @@ impl<R: Columns> Reader<'_, R> {
     fn opt_time(&self, column: &str) -> Result<Option<OffsetDateTime>, StoreError> {
         self.row
             .time(column)
-            .map_err(|e| self.bad(column, cause(e)))
+            .map_err(|e| self.undecodable(column, "a time", e))
     }
 
     fn time(&self, column: &str) -> Result<OffsetDateTime, StoreError> {
@@ -133,15 +157,6 @@ impl<R: Columns> Reader<'_, R> {
 
     fn status(&self, column: &str) -> Result<crate::domain::Status, StoreError> {
         parse_status(self.id, &self.text(column)?)
-    }
-}
-
-/// What went wrong decoding a value, without sqlx's wrapper that names the
-/// column again.
-fn cause(e: sqlx::Error) -> String {
-    match e {
-        sqlx::Error::ColumnDecode { source, .. } => source.to_string(),
-        other => other.to_string(),
     }
 }
 
@@ -268,7 +283,7 @@ pub(super) fn attempt<R: Columns>(row: &R, id: i64) -> Result<AttemptRecord, Sto
         http_status: r
             .row
             .int4("http_status")
-            .map_err(|e| r.bad("http_status", cause(e)))?
+            .map_err(|e| r.undecodable("http_status", "an integer", e))?
             .and_then(|s| u16::try_from(s).ok()),
         provider_message_id: r.opt_text("provider_message_id")?,
         error: r.opt_text("error")?,
