@@ -194,8 +194,8 @@ fn environment_variables_that_are_not_settings() {
         .env("SMSRELAY_DATABASE__POOL_SIZE", "many"));
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(
-        stderr(&output)
-            .contains("environment variable SMSRELAY_DATABASE__POOL_SIZE: database.pool_size"),
+        stderr(&output).contains("environment variable SMSRELAY_DATABASE__POOL_SIZE: invalid type")
+            && stderr(&output).contains("`database.pool_size`"),
         "{}",
         stderr(&output)
     );
