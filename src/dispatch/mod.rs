@@ -1,6 +1,8 @@
 //! The dispatcher: claim a batch -> validate -> send with bounded concurrency
 //! -> record every outcome in one fenced write. No transaction or lock is held
-//! across a provider call.
+//! across a provider call. What each attempt's end (refusal, provider answer,
+//! interrupted or crashed send) means for the row is decided in one place,
+//! `domain::outcome::settle`; this module only runs the cycle, logs and records.
 
 pub mod settings;
 pub mod validate;

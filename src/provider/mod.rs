@@ -19,9 +19,11 @@
 //!    secrets as [`crate::secrets::Secret`] with a `*_credential` twin),
 //!    `impl ProviderSection for TwilioSettings`, and `TwilioProvider`
 //!    implementing [`Provider`]. Test it against a wiremock server.
-//! 2. Here: `pub mod twilio;`, a `Twilio` variant in [`ProviderKind`] (and
-//!    its name in [`ProviderKind::as_str`]), a `pub twilio: twilio::TwilioSettings`
-//!    field in [`ProviderSettings`], and one arm in [`ProviderSettings::selected`].
+//! 2. Here, one line each: `pub mod twilio;`; a `Twilio` variant in
+//!    [`ProviderKind`] and its name in [`ProviderKind::as_str`]; a
+//!    `pub twilio: twilio::TwilioSettings` field in [`ProviderSettings`] and
+//!    in its `Default`; `ProviderKind::Twilio => &self.twilio` in
+//!    `ProviderSettings::selected`.
 //! 3. Document every key of `[provider.twilio]` in `config/smsrelay.toml`
 //!    (a test checks that every key `check-config` prints is documented there).
 //!
