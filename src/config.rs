@@ -129,11 +129,21 @@ fn env_settings(
             variable: name.to_owned(),
             message: "is not valid UTF-8".into(),
         })?;
-        let key = rest
-            .split(ENV_SEPARATOR)
-            .map(str::to_lowercase)
-            .collect::<Vec<_>>()
-            .join(".");
+        let segments: Vec<String> = rest.split(ENV_SEPARATOR).map(str::to_lowercase).collect();
+        // Setting names are snake_case words; anything else cannot name one.
+        let well_formed = segments.iter().all(|segment| {
+            !segment.is_empty()
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        });
+        if !well_formed {
+            return Err(ConfigError::Environment {
+                variable: name.to_owned(),
+                message: "no such setting".into(),
+            });
+        }
+        let key = segments.join(".");
         settings.push(EnvSetting {
             variable: name.to_owned(),
             key,
@@ -202,6 +212,21 @@ mod tests {
             e.to_string(),
             "environment variable SMSRELAY_DATABASE__POOL_SIZ: no such setting"
         );
+    }
+
+    #[test]
+    fn a_malformed_variable_name_is_no_setting() {
+        for name in [
+            "SMSRELAY_DATABASE__",
+            "SMSRELAY___POOL_SIZE",
+            "SMSRELAY_DATA-BASE__POOL_SIZE",
+        ] {
+            let e = load_from::<Settings>(None, env(&[(name, "3")])).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("environment variable {name}: no such setting")
+            );
+        }
     }
 
     #[test]
