@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Instance, OutboundSms, Provider, ProviderSection, SendOutcome};
+use super::{OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome};
 use crate::config::ConfigError;
 
 /// The `log` provider has no settings of its own (and no `[provider.log]` section).
@@ -12,11 +12,11 @@ use crate::config::ConfigError;
 pub struct LogSettings;
 
 impl ProviderSection for LogSettings {
-    fn validate(&self, _instance: &Instance) -> Result<(), ConfigError> {
+    fn validate(&self, _instance: &ProviderInstance) -> Result<(), ConfigError> {
         Ok(())
     }
 
-    fn build(&self, instance: &Instance) -> Result<Arc<dyn Provider>, ConfigError> {
+    fn build(&self, instance: &ProviderInstance) -> Result<Arc<dyn Provider>, ConfigError> {
         Ok(Arc::new(LogProvider {
             name: instance.name.clone(),
         }))
@@ -27,12 +27,6 @@ impl ProviderSection for LogSettings {
 #[derive(Debug)]
 pub struct LogProvider {
     name: String,
-}
-
-impl Default for LogProvider {
-    fn default() -> Self {
-        Self { name: "log".into() }
-    }
 }
 
 #[async_trait]

@@ -5,7 +5,7 @@
 //! A provider is three things, all in its own file:
 //! - its settings section, a serde struct implementing [`ProviderSection`]:
 //!   `validate` checks it at load time (`smsrelay check-config`), `build`
-//!   makes the provider from it and the [`Instance`] basics (name, timeout);
+//!   makes the provider from it and the [`ProviderInstance`] basics (name, timeout);
 //! - the [`Provider`] itself: `send` turns one message into a [`SendOutcome`]
 //!   (the dispatcher's outcome model, `domain::outcome`, does the rest:
 //!   retries, states, reasons), `name` is recorded on every attempt;
@@ -89,14 +89,14 @@ pub fn callback_router(provider: &dyn Provider, context: &CallbackContext) -> ax
 
 /// What every provider instance gets besides its own section.
 #[derive(Debug, Clone)]
-pub struct Instance {
+pub struct ProviderInstance {
     /// The section's name, `webhook` for `[provider.webhook]`.
     pub name: String,
     /// Whole-request timeout of one send (`[provider] timeout`).
     pub timeout: Duration,
 }
 
-impl Instance {
+impl ProviderInstance {
     /// The full config key of `field` in this instance's section, for errors.
     pub fn key(&self, field: &str) -> String {
         format!("provider.{}.{field}", self.name)
@@ -106,11 +106,11 @@ impl Instance {
 /// A provider's own `[provider.<name>]` section.
 pub trait ProviderSection {
     /// Checks what types alone cannot (at load time, without side effects).
-    fn validate(&self, instance: &Instance) -> Result<(), ConfigError>;
+    fn validate(&self, instance: &ProviderInstance) -> Result<(), ConfigError>;
 
     /// Builds the provider; the section has been validated. May read
     /// credentials and files.
-    fn build(&self, instance: &Instance) -> Result<Arc<dyn Provider>, ConfigError>;
+    fn build(&self, instance: &ProviderInstance) -> Result<Arc<dyn Provider>, ConfigError>;
 }
 
 /// Which provider sends messages.
@@ -166,8 +166,8 @@ impl ProviderSettings {
     }
 
     /// The chosen provider's name and the shared limits.
-    pub fn instance(&self) -> Instance {
-        Instance {
+    pub fn instance(&self) -> ProviderInstance {
+        ProviderInstance {
             name: self.kind.as_str().to_owned(),
             timeout: self.timeout,
         }

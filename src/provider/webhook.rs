@@ -9,7 +9,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Instance, OutboundSms, Provider, ProviderSection, SendOutcome};
+use super::{OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome};
 use crate::config::{ConfigError, invalid};
 use crate::secrets::{Secret, resolve_secret};
 
@@ -26,7 +26,7 @@ pub struct WebhookSettings {
 
 impl WebhookSettings {
     /// The URL, required and http(s).
-    fn parsed_url(&self, instance: &Instance) -> Result<reqwest::Url, ConfigError> {
+    fn parsed_url(&self, instance: &ProviderInstance) -> Result<reqwest::Url, ConfigError> {
         let key = instance.key("url");
         let url = self.url.as_deref().ok_or_else(|| {
             invalid(
@@ -44,11 +44,11 @@ impl WebhookSettings {
 }
 
 impl ProviderSection for WebhookSettings {
-    fn validate(&self, instance: &Instance) -> Result<(), ConfigError> {
+    fn validate(&self, instance: &ProviderInstance) -> Result<(), ConfigError> {
         self.parsed_url(instance).map(|_| ())
     }
 
-    fn build(&self, instance: &Instance) -> Result<Arc<dyn Provider>, ConfigError> {
+    fn build(&self, instance: &ProviderInstance) -> Result<Arc<dyn Provider>, ConfigError> {
         Ok(Arc::new(WebhookProvider::from_settings(self, instance)?))
     }
 }
@@ -77,7 +77,7 @@ impl WebhookProvider {
     /// Builds the provider from its section; reads the token credential, if named.
     pub fn from_settings(
         settings: &WebhookSettings,
-        instance: &Instance,
+        instance: &ProviderInstance,
     ) -> Result<Self, ConfigError> {
         let url = settings.parsed_url(instance)?;
         let client = reqwest::Client::builder()
