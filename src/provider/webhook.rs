@@ -251,6 +251,38 @@ mod tests {
         }
     }
 
+    fn instance() -> ProviderInstance {
+        ProviderInstance {
+            name: "webhook".into(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn its_section_is_checked_under_its_own_keys() {
+        let missing = WebhookSettings::default()
+            .validate(&instance())
+            .unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "config key `provider.webhook.url`: is required when provider.kind = \"webhook\""
+        );
+        let ftp = WebhookSettings {
+            url: Some("ftp://gateway.example/sms".into()),
+            ..WebhookSettings::default()
+        };
+        assert_eq!(
+            ftp.validate(&instance()).unwrap_err().to_string(),
+            "config key `provider.webhook.url`: must be an http or https URL"
+        );
+        let good = WebhookSettings {
+            url: Some("https://gateway.example/sms".into()),
+            ..WebhookSettings::default()
+        };
+        good.validate(&instance()).unwrap();
+        assert_eq!(good.build(&instance()).unwrap().name(), "webhook");
+    }
+
     #[test]
     fn retry_after_forms() {
         let mut headers = HeaderMap::new();
