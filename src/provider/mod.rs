@@ -23,7 +23,9 @@
 //!    [`ProviderKind`] and its name in [`ProviderKind::as_str`]; a
 //!    `pub twilio: twilio::TwilioSettings` field in [`ProviderSettings`] and
 //!    in its `Default`; `ProviderKind::Twilio => &self.twilio` in
-//!    `ProviderSettings::selected`.
+//!    `ProviderSettings::selected`. A section without sensible defaults is an
+//!    `Option<TwilioSettings>` (with `skip_serializing_if = "Option::is_none"`)
+//!    selected by `required_section(&self.twilio, "twilio")?`.
 //! 3. Document every key of `[provider.twilio]` in `config/smsrelay.toml`
 //!    (a test checks that every key `check-config` prints is documented there).
 //!
@@ -158,11 +160,11 @@ impl Default for ProviderSettings {
 
 impl ProviderSettings {
     /// The section of the provider `kind` names.
-    fn selected(&self) -> &dyn ProviderSection {
-        match self.kind {
+    fn selected(&self) -> Result<&dyn ProviderSection, ConfigError> {
+        Ok(match self.kind {
             ProviderKind::Log => &log::LogSettings,
             ProviderKind::Webhook => &self.webhook,
-        }
+        })
     }
 
     /// The chosen provider's name and the shared limits.
@@ -178,11 +180,61 @@ impl ProviderSettings {
         if self.timeout.is_zero() {
             return Err(invalid("provider.timeout", "must be more than 0s"));
         }
-        self.selected().validate(&self.instance())
+        self.selected()?.validate(&self.instance())
     }
 
     /// Builds the chosen provider.
     pub fn build(&self) -> Result<Arc<dyn Provider>, ConfigError> {
-        self.selected().build(&self.instance())
+        self.selected()?.build(&self.instance())
+    }
+}
+
+/// A section with no usable defaults (an account id, a gateway URL), kept as
+/// `Option<...Settings>` in [`ProviderSettings`]: present when `kind` names it,
+/// or `provider.<name>` is reported missing.
+pub fn required_section<'a, S: ProviderSection>(
+    section: &'a Option<S>,
+    name: &str,
+) -> Result<&'a dyn ProviderSection, ConfigError> {
+    match section {
+        Some(section) => Ok(section),
+        None => Err(invalid(
+            format!("provider.{name}"),
+            format!("section is required when provider.kind = \"{name}\""),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chosen_provider_is_built_and_named_after_its_section() {
+        let settings = ProviderSettings::default();
+        settings.validate().unwrap();
+        assert_eq!(settings.build().unwrap().name(), "log");
+        let webhook = ProviderSettings {
+            kind: ProviderKind::Webhook,
+            webhook: webhook::WebhookSettings {
+                url: Some("http://127.0.0.1:9/sms".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        webhook.validate().unwrap();
+        assert_eq!(webhook.build().unwrap().name(), "webhook");
+    }
+
+    #[test]
+    fn a_required_section_that_is_missing_is_named() {
+        let missing: Option<webhook::WebhookSettings> = None;
+        let e = required_section(&missing, "gateway").err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "config key `provider.gateway`: section is required when provider.kind = \"gateway\""
+        );
+        let present = Some(webhook::WebhookSettings::default());
+        assert!(required_section(&present, "gateway").is_ok());
     }
 }
