@@ -15,6 +15,7 @@ pub mod mysql;
 pub mod postgres;
 mod query;
 mod rows;
+pub mod settings;
 pub mod sqlite;
 
 pub use layered::with_queue;
@@ -25,6 +26,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use time::OffsetDateTime;
+
+pub use settings::{DEFAULT_DATABASE_URL, DatabaseSettings};
 
 use crate::domain::{
     AttemptRecord, ClaimedSms, EventRecord, NewSms, Outcome, Recipient, SmsRecord, Status,

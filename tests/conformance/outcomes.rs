@@ -522,9 +522,11 @@ async fn an_outcomes_provider_is_recorded_on_its_attempt(db: TestStore) {
     let unnamed = claimed(&db, "node-a", LEASE).await;
     let mut retried = outcome(id, 1, NextState::Retry(Duration::ZERO));
     retried.provider = Some("webhook-primary".into());
+    let mut unnamed_sent = outcome(unnamed, 1, NextState::Sent);
+    unnamed_sent.provider = None;
     let report = db
         .store
-        .record_outcomes("node-a", &[retried, outcome(unnamed, 1, NextState::Sent)])
+        .record_outcomes("node-a", &[retried, unnamed_sent])
         .await
         .unwrap();
     assert_eq!((report.applied, report.stale), (2, 0));

@@ -512,10 +512,10 @@ async fn a_stale_outcome_write_changes_nothing() {
         next: smsrelay::domain::NextState::Sent,
         http_status: Some(200),
         provider_message_id: Some(format!("late-{instance}")),
+        provider: Some("webhook".into()),
         error: None,
         segments: Some(1),
         reason: "accepted".into(),
-        provider: None,
     };
     // A's late answer for attempt 1, and a write under the right attempt but the wrong owner.
     let report = store
