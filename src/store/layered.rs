@@ -1,6 +1,7 @@
-//! A store whose queue is replaced by another [`Queue`] (one that times or
-//! injects faults into the queue work, say) while everything else goes to
-//! the store underneath: a wrapper then implements only the queue.
+//! A store whose [`Queue`] (claim and record, the dispatcher's hot path) is
+//! replaced by another one, which times it or injects faults, say, while
+//! everything else goes to the store underneath: such a wrapper implements
+//! only the queue.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,12 +9,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    Claim, Directory, Enqueued, Lookup, Messages, Page, Queue, QueueStats, ReapReport,
+    Claim, Directory, Enqueued, Leases, Lookup, Messages, Page, Queue, QueueStats, ReapReport,
     RecordReport, Schema, SmsQuery, Store, StoreError,
 };
 use crate::domain::{AttemptRecord, EventRecord, NewSms, Outcome, Recipient, SmsRecord};
 
-/// `store` with its queue work going through `queue` instead.
+/// `store` with its claims and outcome writes going through `queue` instead.
 pub fn with_queue(store: Arc<dyn Store>, queue: Arc<dyn Queue>) -> Arc<dyn Store> {
     Arc::new(Layered { queue, store })
 }
@@ -41,9 +42,12 @@ impl Queue for Layered {
     ) -> Result<RecordReport, StoreError> {
         self.queue.record_outcomes(instance, outcomes).await
     }
+}
 
+#[async_trait]
+impl Leases for Layered {
     async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError> {
-        self.queue.release(instance, claims).await
+        self.store.release(instance, claims).await
     }
 
     async fn reap_expired_leases(
@@ -51,7 +55,7 @@ impl Queue for Layered {
         max_attempts: u32,
         limit: u32,
     ) -> Result<ReapReport, StoreError> {
-        self.queue.reap_expired_leases(max_attempts, limit).await
+        self.store.reap_expired_leases(max_attempts, limit).await
     }
 }
 

@@ -1,11 +1,12 @@
-//! Persistence of the outbox. [`Store`] is four small traits by who uses
-//! them: [`Queue`] (dispatcher and reaper), [`Messages`] (API and platform),
-//! [`Directory`] and [`Schema`]. What is the same on every database is
+//! Persistence of the outbox. [`Store`] is five small traits by who uses
+//! them: [`Queue`] (the dispatcher's claim and record), [`Leases`] (release
+//! at shutdown, the reaper), [`Messages`] (API and platform), [`Directory`]
+//! and [`Schema`]. What is the same on every database is
 //! written once: `query.rs` builds the list queries, `rows.rs` maps rows,
 //! `batch.rs` carries batches as one JSON parameter, and `backend.rs`
 //! implements `Messages`, `Directory` and `Schema` for any dialect from a few
 //! primitives. Each dialect file (`postgres.rs`, `mysql.rs`, `sqlite.rs`)
-//! keeps only its SQL, its binding and its `Queue`, with a header saying where
+//! keeps only its SQL, its binding, its `Queue` and `Leases`, with a header saying where
 //! it differs and why. `open()` picks the dialect from the URL scheme.
 
 mod backend;
@@ -264,14 +265,16 @@ pub struct StoreOptions {
     pub directory: DirectoryQueries,
 }
 
-/// The queue, as the dispatcher and the reaper work it.
+/// The queue's hot path, as the dispatcher works it: claim, then record.
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
     /// Fails expired pending rows, in short transactions of a bounded batch
     /// until none are left; then, in one short transaction, claims up to
     /// `batch_size` due rows for `instance` with a lease of `lease`, bumping
     /// the attempt and writing the attempt and event rows. A row past its
-    /// `expires_at` is never claimed, swept or not.
+    /// `expires_at` is never claimed, swept or not; a claimed row that cannot
+    /// be read is declined (attempt `invalid`, naming the column) instead of
+    /// returned.
     async fn claim(
         &self,
         instance: &str,
@@ -286,7 +289,12 @@ pub trait Queue: Send + Sync + 'static {
         instance: &str,
         outcomes: &[Outcome],
     ) -> Result<RecordReport, StoreError>;
+}
 
+/// The life of a lease after the claim: handing unsent rows back, recovering
+/// the rows of a crashed instance.
+#[async_trait]
+pub trait Leases: Send + Sync + 'static {
     /// Hands claimed rows that were never sent back to `pending`, undoing their attempt.
     async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError>;
 
@@ -348,10 +356,10 @@ pub trait Schema: Send + Sync + 'static {
 }
 
 /// The whole outbox, as the application holds it (`Arc<dyn Store>`). Every
-/// type with the four parts is a `Store`.
-pub trait Store: Queue + Messages + Directory + Schema {}
+/// type with the five parts is a `Store`.
+pub trait Store: Queue + Leases + Messages + Directory + Schema {}
 
-impl<T: Queue + Messages + Directory + Schema> Store for T {}
+impl<T: Queue + Leases + Messages + Directory + Schema> Store for T {}
 
 /// The database family a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -37,7 +37,7 @@ use super::batch::{
 };
 use super::query::{Arg, Style};
 use super::rows::ClaimedRows;
-use super::{Claim, Queue, ReapReport, RecordReport, StoreError, StoreOptions};
+use super::{Claim, Leases, Queue, ReapReport, RecordReport, StoreError, StoreOptions};
 use crate::domain::{NewSms, Outcome, Recipient};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/mysql");
@@ -566,7 +566,10 @@ impl Queue for MySqlStore {
         tx.commit().await?;
         Ok(record_report(outcomes.len(), applied.len()))
     }
+}
 
+#[async_trait]
+impl Leases for MySqlStore {
     async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError> {
         if claims.is_empty() {
             return Ok(0);

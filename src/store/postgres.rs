@@ -22,7 +22,7 @@ use super::batch::{
 };
 use super::query::{Arg, Style};
 use super::rows::ClaimedRows;
-use super::{Claim, Queue, ReapReport, RecordReport, StoreError, StoreOptions};
+use super::{Claim, Leases, Queue, ReapReport, RecordReport, StoreError, StoreOptions};
 use crate::domain::Outcome;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -323,7 +323,10 @@ impl Queue for PgStore {
             .await?;
         Ok(record_report(outcomes.len(), applied))
     }
+}
 
+#[async_trait]
+impl Leases for PgStore {
     async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError> {
         if claims.is_empty() {
             return Ok(0);

@@ -36,7 +36,7 @@ use super::batch::{
 };
 use super::query::{Arg, Style};
 use super::rows::ClaimedRows;
-use super::{Claim, Queue, ReapReport, RecordReport, Schema, StoreError, StoreOptions};
+use super::{Claim, Leases, Queue, ReapReport, RecordReport, Schema, StoreError, StoreOptions};
 use crate::domain::{Outcome, Status};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -445,7 +445,10 @@ impl Queue for SqliteStore {
         tx.commit().await?;
         Ok(record_report(outcomes.len(), applied.len()))
     }
+}
 
+#[async_trait]
+impl Leases for SqliteStore {
     async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError> {
         if claims.is_empty() {
             return Ok(0);

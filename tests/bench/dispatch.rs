@@ -14,7 +14,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::routing::post;
 use smsrelay::domain::Outcome;
 use smsrelay::store::postgres::PgStore;
-use smsrelay::store::{Claim, Queue, ReapReport, RecordReport, StoreError};
+use smsrelay::store::{Claim, Queue, RecordReport, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::{Table, ms, summarize};
@@ -86,16 +86,6 @@ impl Queue for TimedStore {
             .fetch_add(report.applied, Ordering::Relaxed);
         self.meter.stale.fetch_add(report.stale, Ordering::Relaxed);
         Ok(report)
-    }
-    async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError> {
-        self.inner.release(instance, claims).await
-    }
-    async fn reap_expired_leases(
-        &self,
-        max_attempts: u32,
-        limit: u32,
-    ) -> Result<ReapReport, StoreError> {
-        self.inner.reap_expired_leases(max_attempts, limit).await
     }
 }
 
