@@ -525,7 +525,7 @@ impl Queue for MySqlStore {
             }
         }
         tx.commit().await?;
-        read.finish(self, instance, expired).await
+        Ok(read.finish(self, instance, expired).await)
     }
 
     async fn record_outcomes(

@@ -302,9 +302,8 @@ impl Queue for PgStore {
             .bind(millis(lease))
             .fetch_all(&self.pool)
             .await?;
-        ClaimedRows::read(&rows, 0)?
-            .finish(self, instance, expired)
-            .await
+        let read = ClaimedRows::read(&rows, 0)?;
+        Ok(read.finish(self, instance, expired).await)
     }
 
     async fn record_outcomes(

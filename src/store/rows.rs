@@ -254,20 +254,19 @@ impl ClaimedRows {
     }
 
     /// Once the claim is committed: declines the unreadable rows and hands
-    /// out the others.
-    pub async fn finish(
-        self,
-        queue: &impl Queue,
-        instance: &str,
-        expired: u64,
-    ) -> Result<Claim, StoreError> {
-        if !self.unreadable.is_empty() {
-            queue.record_outcomes(instance, &self.unreadable).await?;
+    /// out the others. The readable rows are ours whatever becomes of the
+    /// declines: if those cannot be written now, their leases run out and the
+    /// reaper hands the rows back, to be declined on a later claim.
+    pub async fn finish(self, queue: &impl Queue, instance: &str, expired: u64) -> Claim {
+        if !self.unreadable.is_empty()
+            && let Err(e) = queue.record_outcomes(instance, &self.unreadable).await
+        {
+            tracing::warn!(error = %e, rows = self.unreadable.len(), "could not decline unreadable rows yet");
         }
-        Ok(Claim {
+        Claim {
             messages: self.messages,
             expired,
-        })
+        }
     }
 }
 

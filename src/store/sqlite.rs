@@ -404,7 +404,7 @@ impl Queue for SqliteStore {
             }
         }
         tx.commit().await?;
-        read.finish(self, instance, expired).await
+        Ok(read.finish(self, instance, expired).await)
     }
 
     async fn record_outcomes(
