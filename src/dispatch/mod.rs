@@ -2,8 +2,6 @@
 //! -> record every outcome in one fenced write. No transaction or lock is held
 //! across a provider call.
 
-pub mod validate;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::phone::mask;
 use crate::domain::retry::{RetryDecision, RetryPolicy};
+use crate::domain::validation;
+pub use crate::domain::validation::Rules;
 use crate::domain::{AttemptOutcome, ClaimedSms, NextState, Outcome};
 use crate::provider::{OutboundSms, Provider, SendOutcome};
 use crate::store::{Store, StoreError};
-pub use validate::Rules;
 
 /// How often the heartbeat runs during a cycle (the unit's WatchdogSec is 30s).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
@@ -162,7 +161,7 @@ impl Dispatcher {
         let permits = Arc::new(Semaphore::new(s.concurrency as usize));
 
         for sms in claim.messages {
-            let ready = match validate::validate(&sms, &s.rules) {
+            let ready = match validation::validate(&sms, &s.rules) {
                 Ok(ready) => ready,
                 Err(refusal) => {
                     tracing::info!(sms_id = sms.id, to = %mask(&sms.mobile_no), reason = %refusal.reason, "declined before sending");
