@@ -20,7 +20,11 @@ pub struct Application {
     pub dispatcher: Arc<Dispatcher>,
     reaper: ReaperSettings,
     /// The bound API listener and its router (None when `[api] enabled = false`).
-    api: Option<(std::net::TcpListener, axum::Router)>,
+    api: Option<(
+        std::net::TcpListener,
+        axum::Router,
+        crate::api::server::ConnectionLimits,
+    )>,
 }
 
 impl Application {
@@ -57,6 +61,7 @@ impl Application {
             auth: Arc::new(auth),
             wake: self.dispatcher.waker(),
             rules: self.dispatcher.rules(),
+            body_read_timeout: config.api.body_read_timeout,
             default_limit: config.api.default_limit,
             max_limit: config.api.max_limit,
             metrics: crate::api::metrics::install(),
@@ -68,13 +73,17 @@ impl Application {
             )
         })?;
         listener.set_nonblocking(true)?;
-        self.api = Some((listener, crate::api::router(state, &config.api)));
+        self.api = Some((
+            listener,
+            crate::api::router(state, &config.api),
+            crate::api::server::ConnectionLimits::from_config(&config.api),
+        ));
         Ok(self)
     }
 
     /// Where the API listens, once bound.
     pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
-        self.api.as_ref().and_then(|(l, _)| l.local_addr().ok())
+        self.api.as_ref().and_then(|(l, _, _)| l.local_addr().ok())
     }
 
     /// Builds the parts around a given store and provider (tests use this).
@@ -121,12 +130,13 @@ impl Application {
         } = self;
         // The API answers from the start: /healthz at once, /readyz once the database is migrated.
         let api = match api {
-            Some((listener, router)) => {
+            Some((listener, router, limits)) => {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 tracing::info!(listen = %listener.local_addr()?, "API listening");
                 Some(tokio::spawn(crate::api::serve(
                     listener,
                     router,
+                    limits,
                     stop.clone(),
                 )))
             }

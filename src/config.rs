@@ -38,6 +38,17 @@ pub struct ApiConfig {
     pub body_limit: usize,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// A client must send a request's headers within this, from their first byte.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress and no bytes moving is closed after this.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A POST body must arrive within this once its headers are in (408 beyond).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
     pub tokens: Vec<TokenConfig>,
     /// With no `tokens`, a development token (both scopes) is kept in this
     /// file, created with mode 0600 on first start; "" disables it.
@@ -53,6 +64,10 @@ impl Default for ApiConfig {
             max_limit: 1000,
             body_limit: 16 * 1024,
             request_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(5),
+            max_connections: 512,
             tokens: Vec::new(),
             dev_token_file: PathBuf::from("smsrelay-api-token"),
         }
@@ -469,8 +484,18 @@ impl Config {
         if api.body_limit < 256 {
             return Err(invalid("api.body_limit", "must be at least 256 bytes"));
         }
-        if api.request_timeout.is_zero() {
-            return Err(invalid("api.request_timeout", "must be more than 0s"));
+        for (key, timeout) in [
+            ("api.request_timeout", api.request_timeout),
+            ("api.header_read_timeout", api.header_read_timeout),
+            ("api.idle_timeout", api.idle_timeout),
+            ("api.body_read_timeout", api.body_read_timeout),
+        ] {
+            if timeout.is_zero() {
+                return Err(invalid(key, "must be more than 0s"));
+            }
+        }
+        if api.max_connections == 0 {
+            return Err(invalid("api.max_connections", "must be at least 1"));
         }
         for (i, token) in api.tokens.iter().enumerate() {
             let key = |field: &str| format!("api.tokens[{i}].{field}");

@@ -7,9 +7,11 @@ pub mod error;
 pub mod health;
 pub mod json;
 pub mod metrics;
+pub mod server;
 pub mod sms;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -21,14 +23,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::config::ApiConfig;
-use crate::dispatch::Rules;
+use crate::domain::validation::Rules;
 use crate::store::Store;
 use auth::Authenticator;
 use error::ApiError;
@@ -41,6 +42,8 @@ pub struct ApiState {
     /// Wakes the dispatcher after POST /sms so it does not wait for its next poll.
     pub wake: Arc<Notify>,
     pub rules: Rules,
+    /// How long a POST body may take to arrive (`api.body_read_timeout`).
+    pub body_read_timeout: Duration,
     pub default_limit: u32,
     pub max_limit: u32,
     pub metrics: Option<PrometheusHandle>,
@@ -109,28 +112,43 @@ pub fn router(state: ApiState, config: &ApiConfig) -> Router {
             )
         })
         .with_state(state)
-        .layer(axum::middleware::from_fn(metrics::track))
-        .layer(DefaultBodyLimit::max(config.body_limit))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
+        .layer(axum::middleware::from_fn_with_state(
             config.request_timeout,
+            time_limit,
         ))
+        .layer(DefaultBodyLimit::max(config.body_limit))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("API handler panicked");
             ApiError::internal().into_response()
         }))
+        // Outside the rest, so that timeouts and panics are counted too.
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(SetSensitiveRequestHeadersLayer::new([
             axum::http::header::AUTHORIZATION,
         ]))
+}
+
+/// Answers 503 in the error shape, with `Retry-After`, when a request takes longer than `limit`.
+async fn time_limit(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(limit = ?limit, "API request exceeded api.request_timeout");
+            ApiError::timed_out().into_response()
+        }
+    }
 }
 
 /// Serves until `stop`, then lets requests in progress finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    limits: server::ConnectionLimits,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    server::serve(listener, router, limits, stop).await
 }
