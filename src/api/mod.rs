@@ -7,6 +7,7 @@ pub mod error;
 pub mod health;
 pub mod json;
 pub mod metrics;
+pub mod openapi;
 pub mod server;
 pub mod sms;
 
@@ -89,15 +90,22 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(metrics::metrics))
 }
 
-/// The OpenAPI document as served at `/openapi.json`.
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    documented_routes().into_openapi()
+/// The OpenAPI document as served at `/openapi.json`: generated from the
+/// handlers, then given the exact input rules the handlers apply.
+pub fn openapi_document() -> serde_json::Value {
+    document(documented_routes().into_openapi())
+}
+
+fn document(generated: utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut document = serde_json::to_value(generated).unwrap_or_default();
+    openapi::exact_input(&mut document);
+    document
 }
 
 /// The routes with their middleware.
 pub fn router(state: ApiState, config: &ApiConfig) -> Router {
-    let (router, openapi) = documented_routes().split_for_parts();
-    let openapi = Arc::new(openapi);
+    let (router, generated) = documented_routes().split_for_parts();
+    let openapi = Arc::new(document(generated));
     router
         .route(
             "/openapi.json",

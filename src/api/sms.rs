@@ -5,7 +5,6 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -165,8 +164,30 @@ pub struct SmsDetail {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewSmsRequest {
     pub message: String,
+    #[serde(default, deserialize_with = "whole_number")]
     pub client_id: Option<i64>,
+    #[serde(default, deserialize_with = "whole_number")]
     pub staff_id: Option<i64>,
+}
+
+/// An integer as JSON Schema counts one: `7` and `7.0` alike (the OpenAPI
+/// document says `integer`), but never a fraction or a float too large to be exact.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    number
+        .as_i64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() <= EXACT)
+                // Exact: a whole number of at most 2^53 converts without loss.
+                .map(|f| f as i64)
+        })
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("must be a whole number from 1 to 2^63-1"))
 }
 
 /// The reply to `POST /sms`: the new message, not yet sent.
@@ -185,24 +206,28 @@ pub struct CreatedSms {
 #[allow(dead_code)]
 pub struct ListParams {
     /// Rows to skip (offset paging). Not with `cursor`.
+    #[param(value_type = Option<i64>, minimum = 0)]
     offset: Option<u64>,
-    /// Page size; default `api.default_limit` (200), capped at `api.max_limit`.
+    /// Page size; default `api.default_limit` (200), larger values are capped at `api.max_limit`.
+    #[param(value_type = Option<i64>, minimum = 1)]
     limit: Option<u32>,
-    /// id, createdAt, updatedAt, sentAt, status, clientId or staffId (offset paging); cursor paging orders by id.
+    /// Offset paging; cursor paging orders by id (only `id` with `cursor`).
     order_by: Option<String>,
-    /// ASC or DESC.
+    /// ASC or DESC, in any letter case; with `cursor`, the cursor's own direction.
     sort_order: Option<String>,
+    #[param(minimum = 1)]
     client_id: Option<i64>,
+    #[param(minimum = 1)]
     staff_id: Option<i64>,
-    /// One status, several comma-separated, or the parameter repeated.
-    status: Option<String>,
+    /// One status or several comma-separated; the parameter may be repeated.
+    status: Option<Vec<String>>,
     /// Exact match on the stored number.
     mobile_no: Option<String>,
-    /// RFC 3339 timestamp or YYYY-MM-DD (inclusive).
+    /// RFC 3339 timestamp or YYYY-MM-DD (inclusive), UTC years 1000 to 9999.
     created_from: Option<String>,
-    /// RFC 3339 timestamp or YYYY-MM-DD (inclusive: a date means the whole day).
+    /// RFC 3339 timestamp or YYYY-MM-DD (inclusive: a date means the whole day), UTC years 1000 to 9999.
     created_to: Option<String>,
-    /// Cursor paging: empty for the first page, then the previous page's `nextCursor`.
+    /// Cursor paging: empty for the first page, then the previous page's `nextCursor`. Not with `offset`.
     cursor: Option<String>,
 }
 
@@ -299,32 +324,45 @@ fn parse_instant(
     })
 }
 
+/// The `orderBy` names, as documented.
+pub const ORDER_BY: [(&str, OrderBy); 7] = [
+    ("id", OrderBy::Id),
+    ("createdAt", OrderBy::CreatedAt),
+    ("updatedAt", OrderBy::UpdatedAt),
+    ("sentAt", OrderBy::SentAt),
+    ("status", OrderBy::Status),
+    ("clientId", OrderBy::ClientId),
+    ("staffId", OrderBy::StaffId),
+];
+
 fn parse_order_by(value: &str) -> Result<OrderBy, ApiError> {
-    Ok(match value {
-        "id" => OrderBy::Id,
-        "createdAt" => OrderBy::CreatedAt,
-        "updatedAt" => OrderBy::UpdatedAt,
-        "sentAt" => OrderBy::SentAt,
-        "status" => OrderBy::Status,
-        "clientId" => OrderBy::ClientId,
-        "staffId" => OrderBy::StaffId,
-        _ => {
-            return Err(bad(
+    ORDER_BY
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, order)| *order)
+        .ok_or_else(|| {
+            let names: Vec<&str> = ORDER_BY.iter().map(|(name, _)| *name).collect();
+            bad(
                 "orderBy",
                 value,
-                "orderBy must be one of id, createdAt, updatedAt, sentAt, status, clientId, staffId",
-            ));
-        }
-    })
+                format!("orderBy must be one of {}", names.join(", ")),
+            )
+        })
 }
+
+/// `sortOrder`, in any letter case.
+pub const SORT_ORDER_PATTERN: &str = "^([Aa][Ss][Cc]|[Dd][Ee][Ss][Cc])$";
+
+/// A cursor: the direction (`a`scending or `d`escending) and the last id seen.
+/// Written plainly so that the OpenAPI document can say exactly what is accepted.
+pub const CURSOR_PATTERN: &str = "^([ad](0|[1-9][0-9]{0,18}))?$";
 
 fn encode_cursor(descending: bool, last_id: i64) -> String {
-    let raw = format!("v1:{}:{last_id}", if descending { 'd' } else { 'a' });
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    format!("{}{last_id}", if descending { 'd' } else { 'a' })
 }
 
-/// `None` for the empty cursor (first page).
-fn decode_cursor(value: &str) -> Result<Option<(bool, i64)>, ApiError> {
+/// `None` for the empty cursor (first page), else the direction and the id to continue after.
+fn decode_cursor(value: &str) -> Result<Option<(bool, Option<i64>)>, ApiError> {
     if value.is_empty() {
         return Ok(None);
     }
@@ -335,21 +373,23 @@ fn decode_cursor(value: &str) -> Result<Option<(bool, i64)>, ApiError> {
             "cursor is not one this API issued (use nextCursor as given)",
         )
     };
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(value)
-        .map_err(|_| invalid())?;
-    let raw = String::from_utf8(raw).map_err(|_| invalid())?;
-    let mut parts = raw.splitn(3, ':');
-    let (Some("v1"), Some(direction), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(invalid());
-    };
-    let descending = match direction {
-        "a" => false,
-        "d" => true,
+    let descending = match value.as_bytes().first() {
+        Some(b'a') => false,
+        Some(b'd') => true,
         _ => return Err(invalid()),
     };
-    let id = id.parse::<i64>().map_err(|_| invalid())?;
-    Ok(Some((descending, id)))
+    let digits = &value[1..];
+    if digits.len() > 19 {
+        return Err(invalid());
+    }
+    let id = canonical_number(digits).ok_or_else(invalid)?;
+    // Beyond the largest id: nothing comes after it ascending, everything does descending.
+    let after = match i64::try_from(id) {
+        Ok(id) => Some(id),
+        Err(_) if descending => None,
+        Err(_) => Some(i64::MAX),
+    };
+    Ok(Some((descending, after)))
 }
 
 /// Parses the raw query of `GET /sms`, naming any parameter it refuses.
@@ -363,7 +403,7 @@ pub fn parse_list_query(
     let mut limit = None;
     let mut order_by = None;
     let mut sort_order: Option<bool> = None;
-    let mut cursor: Option<Option<(bool, i64)>> = None;
+    let mut cursor: Option<Option<(bool, Option<i64>)>> = None;
     let mut seen: Vec<String> = Vec::new();
     for (name, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         let (name, value) = (name.as_ref(), value.as_ref());
@@ -426,7 +466,7 @@ pub fn parse_list_query(
             "clientId" => filter.client_id = Some(parse_id(name, value)?),
             "staffId" => filter.staff_id = Some(parse_id(name, value)?),
             "status" => {
-                for part in value.split(',').map(str::trim) {
+                for part in value.split(',') {
                     let status = part
                         .parse::<Status>()
                         .map_err(|e| bad(name, part, e.to_string()))?;
@@ -459,15 +499,7 @@ pub fn parse_list_query(
             _ => unreachable!("every accepted parameter is matched above"),
         }
     }
-    if let (Some(from), Some(to)) = (filter.created_from, filter.created_to)
-        && from >= to
-    {
-        return Err(ApiError::parameter(
-            "createdTo",
-            None,
-            "createdTo must not be before createdFrom",
-        ));
-    }
+    // createdTo before createdFrom is an empty range: it matches no row.
     let limit = limit.unwrap_or(default_limit.min(max_limit));
     let Some(cursor) = cursor else {
         return Ok(SmsQuery {
@@ -510,7 +542,7 @@ pub fn parse_list_query(
         order_by: OrderBy::Id,
         descending,
         paging: Paging::Keyset {
-            after_id: cursor.map(|(_, id)| id),
+            after_id: cursor.and_then(|(_, id)| id),
             limit,
         },
     })
@@ -596,7 +628,7 @@ pub async fn get_sms(
 }
 
 /// Longest accepted `Idempotency-Key`.
-const MAX_IDEMPOTENCY_KEY: usize = 200;
+pub const MAX_IDEMPOTENCY_KEY: usize = 200;
 
 /// The `Idempotency-Key` header, scoped by token so two callers cannot collide on a key.
 fn idempotency_key(headers: &HeaderMap, caller: &Caller) -> Result<Option<String>, ApiError> {

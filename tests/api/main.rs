@@ -1426,3 +1426,91 @@ async fn no_more_than_max_connections_are_served_at_once() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     drop(second);
 }
+
+#[tokio::test]
+async fn openapi_states_the_bounds_and_rules_the_server_applies() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["ParameterError"]["properties"]["value"]["type"],
+        json!(["string", "null"]),
+        "the server echoes refused values as strings"
+    );
+    let parameter = |name: &str| -> Value {
+        doc["paths"]["/sms"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name}"))["schema"]
+            .clone()
+    };
+    assert_eq!(parameter("limit")["minimum"], 1);
+    assert_eq!(parameter("offset")["minimum"], 0);
+    assert_eq!(parameter("offset")["maximum"], json!(i64::MAX));
+    assert_eq!(parameter("clientId")["minimum"], 1);
+    assert_eq!(parameter("staffId")["minimum"], 1);
+    assert_eq!(
+        parameter("orderBy")["enum"],
+        json!([
+            "id",
+            "createdAt",
+            "updatedAt",
+            "sentAt",
+            "status",
+            "clientId",
+            "staffId"
+        ])
+    );
+    let request = &schemas["NewSmsRequest"];
+    assert_eq!(request["additionalProperties"], false);
+    assert_eq!(
+        request["oneOf"],
+        json!([
+            {"properties": {"clientId": {"type": "integer"}}, "required": ["clientId"]},
+            {"properties": {"staffId": {"type": "integer"}}, "required": ["staffId"]},
+        ]),
+        "exactly one of clientId, staffId"
+    );
+    assert_eq!(
+        request["properties"]["message"]["pattern"],
+        smsrelay::domain::text::message_pattern()
+    );
+    assert_eq!(
+        doc["paths"]["/sms/{id}"]["get"]["parameters"][0]["schema"]["minimum"],
+        1
+    );
+    // What the document calls an integer, the server takes: 1.0 is client 1.
+    let (status, created) = app
+        .post(
+            json!({"message": "hi", "clientId": 1.0}),
+            &app.read_send,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, created["clientId"].as_i64()),
+        (StatusCode::CREATED, Some(1))
+    );
+    let (status, reply) = app
+        .post(
+            json!({"message": "hi", "clientId": 1.5}),
+            &app.read_send,
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        assert_error_shape(&reply, status).as_deref(),
+        Some("clientId")
+    );
+}
