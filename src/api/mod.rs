@@ -9,6 +9,7 @@ pub mod json;
 pub mod metrics;
 pub mod openapi;
 pub mod server;
+pub mod settings;
 pub mod sms;
 
 use std::sync::Arc;
@@ -29,11 +30,11 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::config::ApiConfig;
 use crate::domain::validation::Rules;
 use crate::store::Store;
 use auth::Authenticator;
 use error::ApiError;
+use settings::ApiSettings;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -102,8 +103,9 @@ fn document(generated: utoipa::openapi::OpenApi) -> serde_json::Value {
     document
 }
 
-/// The routes with their middleware.
-pub fn router(state: ApiState, config: &ApiConfig) -> Router {
+/// The routes with their middleware. `callbacks` are a provider's own routes
+/// (under `/callbacks/<name>`); they authenticate their callers themselves.
+pub fn router(state: ApiState, config: &ApiSettings, callbacks: Router) -> Router {
     let (router, generated) = documented_routes().split_for_parts();
     let openapi = Arc::new(document(generated));
     router
@@ -120,6 +122,7 @@ pub fn router(state: ApiState, config: &ApiConfig) -> Router {
             )
         })
         .with_state(state)
+        .merge(callbacks)
         .layer(axum::middleware::from_fn_with_state(
             config.request_timeout,
             time_limit,

@@ -10,18 +10,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
 use hyper::body::Incoming;
+use hyper::service::Service as _;
 use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
-use crate::config::ApiConfig;
+use super::settings::ApiSettings;
 
 /// How long connections may stall, and how many are served at once.
 #[derive(Debug, Clone, Copy)]
@@ -34,7 +34,7 @@ pub struct ConnectionLimits {
 }
 
 impl ConnectionLimits {
-    pub fn from_config(api: &ApiConfig) -> Self {
+    pub fn from_settings(api: &ApiSettings) -> Self {
         Self {
             header_read_timeout: api.header_read_timeout,
             idle_timeout: api.idle_timeout,
@@ -197,12 +197,13 @@ async fn serve_connection(
     });
     let service = {
         let watch = watch.clone();
+        let router = TowerToHyperService::new(router);
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            let router = router.clone();
             watch.request_started();
             let in_flight = InFlight(watch.clone());
+            let response = router.call(request);
             async move {
-                let response = router.oneshot(request.map(Body::new)).await;
+                let response = response.await;
                 drop(in_flight);
                 response
             }

@@ -14,7 +14,7 @@ use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::json::read_json;
-use crate::config::Scope;
+use super::settings::Scope;
 use crate::domain::phone::E164;
 use crate::domain::validation::validate_message;
 use crate::domain::{AttemptRecord, EventRecord, NewSms, Recipient, SmsRecord, Status};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use smsrelay::config::{Scope, TokenConfig};
+use smsrelay::api::settings::{Scope, TokenSettings};
 use support::*;
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +35,7 @@ async fn spawn_app() -> TestApp {
 }
 
 /// [`spawn_app`] with `configure` applied to the config first.
-async fn spawn_app_with(configure: impl FnOnce(&mut smsrelay::config::Config)) -> TestApp {
+async fn spawn_app_with(configure: impl FnOnce(&mut smsrelay::settings::Config)) -> TestApp {
     let db = TestDb::new().await;
     sqlx::raw_sql(
         "CREATE TABLE m_client (id bigint PRIMARY KEY, mobile_no varchar(50));
@@ -58,7 +58,7 @@ async fn spawn_app_with(configure: impl FnOnce(&mut smsrelay::config::Config)) -
         ("notifier", vec![Scope::Send]),
     ] {
         let (token, digest) = smsrelay::api::auth::new_token();
-        tokens.push(TokenConfig {
+        tokens.push(TokenSettings {
             name: name.into(),
             scopes,
             sha256: Some(digest),
