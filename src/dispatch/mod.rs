@@ -5,7 +5,6 @@
 //! `domain::outcome::settle`; this module only runs the cycle, logs and records.
 
 pub mod settings;
-pub mod validate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,12 +18,12 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::outcome::{self, AttemptEnd, Lost};
 use crate::domain::phone::mask;
 use crate::domain::retry::RetryPolicy;
+pub use crate::domain::validation::Rules;
+use crate::domain::validation::{self, Ready};
 use crate::domain::{AttemptOutcome, ClaimedSms, NextState, Outcome};
 use crate::provider::{OutboundSms, Provider, SendOutcome};
 use crate::store::{Claim, Store, StoreError};
 pub use settings::{DispatchSettings, ValidationSettings};
-use validate::Ready;
-pub use validate::Rules;
 
 /// How often the heartbeat runs during a cycle (the unit's WatchdogSec is 30s).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
@@ -208,7 +207,7 @@ impl Dispatcher {
         let mut in_flight = InFlight::default();
         let permits = Arc::new(Semaphore::new(self.options.concurrency as usize));
         for sms in messages {
-            match validate::validate(&sms, &self.options.rules) {
+            match validation::validate(&sms, &self.options.rules) {
                 Ok(ready) => self.spawn_send(&mut in_flight, sms, ready, &permits, stop),
                 Err(refusal) => outcomes.push(self.settle(
                     &sms,

@@ -5,6 +5,8 @@ pub mod phone;
 pub mod retry;
 pub mod segments;
 pub mod status;
+pub mod text;
+pub mod validation;
 
 use std::time::Duration;
 
