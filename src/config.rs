@@ -202,6 +202,8 @@ pub enum ProviderKind {
     Log,
     /// POSTs JSON to a URL of your own.
     Webhook,
+    /// A Kannel smsbox (`[provider.kannel]`).
+    Kannel,
 }
 
 /// `[provider]`
@@ -213,6 +215,8 @@ pub struct ProviderConfig {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub webhook: WebhookConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kannel: Option<crate::provider::kannel::KannelSettings>,
 }
 
 impl Default for ProviderConfig {
@@ -221,6 +225,7 @@ impl Default for ProviderConfig {
             kind: ProviderKind::Log,
             timeout: Duration::from_secs(10),
             webhook: WebhookConfig::default(),
+            kannel: None,
         }
     }
 }
@@ -440,6 +445,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_provider_sections()?;
         crate::housekeeping::validate_cron(&self.housekeeping.reaper)
             .map_err(|e| invalid("housekeeping.reaper", e))?;
         if self.housekeeping.reaper_batch == 0 {
@@ -452,6 +458,24 @@ impl Config {
                 format!("is not a tracing filter directive: {e}"),
             )
         })?;
+        Ok(())
+    }
+
+    /// A provider's section must be there when it is the chosen kind, and valid whenever present.
+    fn validate_provider_sections(&self) -> Result<(), ConfigError> {
+        let p = &self.provider;
+        let missing = |name: &str| {
+            invalid(
+                format!("provider.{name}"),
+                format!("section is required when provider.kind = \"{name}\""),
+            )
+        };
+        if p.kind == ProviderKind::Kannel && p.kannel.is_none() {
+            return Err(missing("kannel"));
+        }
+        if let Some(kannel) = &p.kannel {
+            kannel.validate()?;
+        }
         Ok(())
     }
 

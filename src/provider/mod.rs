@@ -1,5 +1,6 @@
 //! SMS providers behind one trait; `[provider] kind` picks one.
 
+pub mod kannel;
 pub mod log;
 pub mod webhook;
 
@@ -57,5 +58,13 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn Provider>, ConfigError> {
     Ok(match config.provider.kind {
         ProviderKind::Log => Arc::new(log::LogProvider),
         ProviderKind::Webhook => Arc::new(webhook::WebhookProvider::from_config(config)?),
+        ProviderKind::Kannel => {
+            Arc::new(kannel::KannelProvider::from_settings(
+                config.provider.kannel.as_ref().ok_or_else(|| {
+                    crate::config::invalid("provider.kannel", "section is required")
+                })?,
+                config.provider.timeout,
+            )?)
+        }
     })
 }

@@ -9,3 +9,4 @@ mod support;
 mod kannel;
 
 mod kannel_gateway;
+mod kannel_provider;
