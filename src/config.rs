@@ -204,6 +204,8 @@ pub enum ProviderKind {
     Webhook,
     /// A Kannel smsbox (`[provider.kannel]`).
     Kannel,
+    /// Twilio Programmable Messaging (`[provider.twilio]`).
+    Twilio,
 }
 
 /// `[provider]`
@@ -217,6 +219,8 @@ pub struct ProviderConfig {
     pub webhook: WebhookConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kannel: Option<crate::provider::kannel::KannelSettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub twilio: Option<crate::provider::twilio::TwilioSettings>,
 }
 
 impl Default for ProviderConfig {
@@ -226,6 +230,7 @@ impl Default for ProviderConfig {
             timeout: Duration::from_secs(10),
             webhook: WebhookConfig::default(),
             kannel: None,
+            twilio: None,
         }
     }
 }
@@ -470,11 +475,16 @@ impl Config {
                 format!("section is required when provider.kind = \"{name}\""),
             )
         };
-        if p.kind == ProviderKind::Kannel && p.kannel.is_none() {
-            return Err(missing("kannel"));
+        match p.kind {
+            ProviderKind::Kannel if p.kannel.is_none() => return Err(missing("kannel")),
+            ProviderKind::Twilio if p.twilio.is_none() => return Err(missing("twilio")),
+            _ => {}
         }
         if let Some(kannel) = &p.kannel {
             kannel.validate()?;
+        }
+        if let Some(twilio) = &p.twilio {
+            twilio.validate()?;
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 
 pub mod kannel;
 pub mod log;
+pub mod twilio;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -62,6 +63,14 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn Provider>, ConfigError> {
             Arc::new(kannel::KannelProvider::from_settings(
                 config.provider.kannel.as_ref().ok_or_else(|| {
                     crate::config::invalid("provider.kannel", "section is required")
+                })?,
+                config.provider.timeout,
+            )?)
+        }
+        ProviderKind::Twilio => {
+            Arc::new(twilio::TwilioProvider::from_settings(
+                config.provider.twilio.as_ref().ok_or_else(|| {
+                    crate::config::invalid("provider.twilio", "section is required")
                 })?,
                 config.provider.timeout,
             )?)

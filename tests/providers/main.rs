@@ -10,3 +10,4 @@ mod kannel;
 
 mod kannel_gateway;
 mod kannel_provider;
+mod twilio_provider;
