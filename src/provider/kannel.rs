@@ -20,7 +20,7 @@ const MIN_SECRET_LEN: usize = 16;
 
 /// `[provider.kannel]`
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct KannelSettings {
     /// smsbox's sendsms URL, e.g. `http://127.0.0.1:13013/cgi-bin/sendsms`.
     pub url: String,
@@ -43,6 +43,9 @@ pub struct KannelSettings {
 impl KannelSettings {
     /// Checks the settings without reading credentials; errors name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.url.is_empty() {
+            return Err(invalid("provider.kannel.url", "is required"));
+        }
         let url = parse_http_url("provider.kannel.url", &self.url)?;
         if url.query().is_some() {
             return Err(invalid(

@@ -8,6 +8,7 @@ mod support;
 #[path = "../support/kannel.rs"]
 mod kannel;
 
+mod kannel_daemon;
 mod kannel_gateway;
 mod kannel_provider;
 mod twilio_provider;
