@@ -411,3 +411,49 @@ async fn messages_sent_through_smsrelay_reach_a_real_kannel_intact() {
         );
     }
 }
+
+#[tokio::test]
+async fn queued_for_later_delivery_counts_as_sent_and_is_delivered_once_an_smsc_connects() {
+    let mut gateway = Kannel::start_without_smsc().await;
+    let p = provider(&KannelSettings {
+        url: gateway.sendsms_url.clone(),
+        username: kannel::USERNAME.into(),
+        password: Some(Secret::new(kannel::PASSWORD)),
+        ..KannelSettings::default()
+    });
+    // What the real smsbox answers while no SMSC is connected...
+    let direct = reqwest::Url::parse_with_params(
+        &gateway.sendsms_url,
+        [
+            ("username", kannel::USERNAME),
+            ("password", kannel::PASSWORD),
+            ("to", "+254712345670"),
+            ("text", "probe"),
+        ],
+    )
+    .unwrap();
+    let answer = reqwest::get(direct).await.unwrap();
+    assert_eq!(answer.status().as_u16(), 202);
+    assert_eq!(answer.text().await.unwrap(), "3: Queued for later delivery");
+    // ...and the provider takes it as sent.
+    let outcome = send(&p, "kept by bearerbox").await;
+    assert_eq!(
+        outcome,
+        SendOutcome::Accepted {
+            provider_message_id: None,
+            http_status: Some(202)
+        },
+        "{}",
+        gateway.logs()
+    );
+    assert!(gateway.received().is_empty());
+    gateway.connect_smsc().await;
+    let received = gateway.wait_for(2, Duration::from_secs(15)).await;
+    assert_eq!(received.len(), 2, "{}", gateway.logs());
+    let ours: Vec<_> = received
+        .iter()
+        .filter(|s| s.to == "+254712345678")
+        .collect();
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0].text(), "kept by bearerbox");
+}

@@ -316,3 +316,30 @@ async fn the_dispatcher_sends_declines_and_keeps_retrying_as_twilio_answers() {
         "{b:?}"
     );
 }
+
+#[tokio::test]
+async fn a_timeout_is_transient_and_names_no_secret() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(created("SMlate").set_delay(Duration::from_secs(3)))
+        .mount(&server)
+        .await;
+    let p = TwilioProvider::from_settings(&settings(&server.uri()), Duration::from_millis(300))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let outcome = send(&p, "hello").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the timeout holds"
+    );
+    match &outcome {
+        SendOutcome::Transient {
+            error, http_status, ..
+        } => {
+            assert_eq!(*http_status, None);
+            assert!(error.contains("timed out"), "{error}");
+            assert!(!error.contains(TOKEN), "{error}");
+        }
+        other => panic!("a timeout must be retried: {other:?}"),
+    }
+}

@@ -26,6 +26,8 @@ pub struct Kannel {
     /// smsbox's `http://127.0.0.1:PORT/cgi-bin/sendsms`.
     pub sendsms_url: String,
     admin_port: u16,
+    /// Where bearerbox waits for the fake SMSC.
+    smsc_port: u16,
     /// bearerbox, smsbox, fakesmsc (in start order).
     children: Vec<Child>,
 }
@@ -76,17 +78,24 @@ pub fn utf16be(bytes: &[u8]) -> String {
 impl Kannel {
     /// Starts bearerbox, smsbox and fakesmsc and waits until a message can go through.
     pub async fn start() -> Kannel {
+        let mut kannel = Self::start_without_smsc().await;
+        kannel.connect_smsc().await;
+        kannel
+    }
+
+    /// Starts bearerbox and smsbox only: sendsms answers, but bearerbox has
+    /// no SMSC to hand messages to until [`Kannel::connect_smsc`].
+    pub async fn start_without_smsc() -> Kannel {
         let bearerbox = find_binary("bearerbox");
         let smsbox = find_binary("smsbox");
-        let fakesmsc = Path::new(FAKESMSC);
         assert!(
-            fakesmsc.is_file(),
+            Path::new(FAKESMSC).is_file(),
             "{FAKESMSC} not found: install Debian's kannel-extras (tests/run.sh does)"
         );
         let mut last_error = String::new();
         // A port picked free can be taken before the box binds it: try again with new ones.
         for _ in 0..3 {
-            match Self::try_start(&bearerbox, &smsbox, fakesmsc).await {
+            match Self::try_start(&bearerbox, &smsbox).await {
                 Ok(kannel) => return kannel,
                 Err(e) => last_error = e,
             }
@@ -94,7 +103,7 @@ impl Kannel {
         panic!("Kannel did not start:\n{last_error}");
     }
 
-    async fn try_start(bearerbox: &Path, smsbox: &Path, fakesmsc: &Path) -> Result<Kannel, String> {
+    async fn try_start(bearerbox: &Path, smsbox: &Path) -> Result<Kannel, String> {
         let dir =
             std::env::temp_dir().join(format!("smsrelay-kannel-{:016x}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
@@ -108,6 +117,7 @@ impl Kannel {
             dir,
             sendsms_url: format!("http://127.0.0.1:{sendsms}/cgi-bin/sendsms"),
             admin_port: admin,
+            smsc_port: smsc,
             children: Vec::new(),
         };
         kannel.spawn("bearerbox", Command::new(bearerbox).arg("kannel.conf"))?;
@@ -117,25 +127,38 @@ impl Kannel {
             })
             .await?;
         kannel.spawn("smsbox", Command::new(smsbox).arg("kannel.conf"))?;
-        kannel.spawn(
+        kannel
+            .wait_until("smsbox is connected", |status| status.contains("smsbox:"))
+            .await?;
+        Ok(kannel)
+    }
+
+    /// Starts fakesmsc and waits until bearerbox sees it online.
+    pub async fn connect_smsc(&mut self) {
+        let port = self.smsc_port.to_string();
+        let started = self.spawn(
             "fakesmsc",
-            Command::new(fakesmsc).args([
+            Command::new(FAKESMSC).args([
                 "-H",
                 "127.0.0.1",
                 "-r",
-                &smsc.to_string(),
+                &port,
                 // -m 0: send nothing of its own, only print what it receives.
                 "-m",
                 "0",
                 "100 200 text unused",
             ]),
-        )?;
-        kannel
-            .wait_until("smsbox and fakesmsc are connected", |status| {
-                status.contains("(online") && status.contains("smsbox:")
-            })
-            .await?;
-        Ok(kannel)
+        );
+        let connected = match started {
+            Ok(()) => {
+                self.wait_until("fakesmsc is connected", |status| status.contains("(online"))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = connected {
+            panic!("fakesmsc did not connect:\n{e}");
+        }
     }
 
     fn spawn(&mut self, name: &str, command: &mut Command) -> Result<(), String> {
