@@ -8,9 +8,10 @@ use std::time::Duration;
 use crate::kannel::{self, Kannel};
 use crate::support::*;
 
-/// The daemon, killed when the test ends however it ends.
+/// The daemon, killed (and its working dir removed) when the test ends however it ends.
 struct Daemon {
     child: Child,
+    dir: std::path::PathBuf,
     log: std::path::PathBuf,
 }
 
@@ -24,6 +25,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -84,7 +86,11 @@ from = "BANK"
         .stderr(out)
         .spawn()
         .expect("start smsrelay");
-    let daemon = Daemon { child, log };
+    let daemon = Daemon {
+        child,
+        dir: dir.clone(),
+        log,
+    };
 
     let text = "Mkopo wako umeidhinishwa. Спасибо!";
     let id = db.insert(7, "0712 345 678", text).await;
@@ -112,6 +118,4 @@ from = "BANK"
             "{secret:?} leaked into the log:\n{logs}"
         );
     }
-    drop(daemon);
-    let _ = std::fs::remove_dir_all(&dir);
 }
