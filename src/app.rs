@@ -1,4 +1,5 @@
-//! Assembles the daemon: store + provider + dispatcher + housekeeping.
+//! Assembles the daemon from its settings: store + provider + dispatcher +
+//! housekeeping, and the API with the provider's callback routes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,16 +9,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiState;
 use crate::api::auth::Authenticator;
-use crate::config::Config;
-use crate::dispatch::{Dispatcher, Rules, Settings};
+use crate::dispatch::Dispatcher;
 use crate::housekeeping::{Housekeeping, ReaperSettings};
-use crate::provider::Provider;
+use crate::provider::{CallbackContext, Provider};
+use crate::settings::Config;
 use crate::store::{self, Store, StoreError};
 
 /// Everything `smsrelay run` needs, built but not yet started.
 pub struct Application {
     pub store: Arc<dyn Store>,
     pub dispatcher: Arc<Dispatcher>,
+    provider: Arc<dyn Provider>,
     reaper: ReaperSettings,
     /// The bound API listener and its router (None when `[api] enabled = false`).
     api: Option<(std::net::TcpListener, axum::Router)>,
@@ -27,7 +29,7 @@ impl Application {
     /// Builds the parts from a validated config; connects lazily, binds the API now.
     pub fn build(config: &Config) -> anyhow::Result<Self> {
         let store = store::open(&config.store_options()?)?;
-        let provider = crate::provider::from_config(config)?;
+        let provider = config.provider.build()?;
         Self::from_parts(config, store, provider).with_api(config)
     }
 
@@ -38,7 +40,7 @@ impl Application {
         }
         let dev_file = &config.api.dev_token_file;
         let auth = if !config.api.tokens.is_empty() {
-            Authenticator::from_config(&config.api)?
+            Authenticator::from_settings(&config.api)?
         } else if !dev_file.as_os_str().is_empty() {
             let auth = crate::api::auth::dev_token(dev_file)?;
             tracing::warn!(
@@ -68,7 +70,13 @@ impl Application {
             )
         })?;
         listener.set_nonblocking(true)?;
-        self.api = Some((listener, crate::api::router(state, &config.api)));
+        let callbacks = crate::provider::callback_router(
+            self.provider.as_ref(),
+            &CallbackContext {
+                store: self.store.clone(),
+            },
+        );
+        self.api = Some((listener, crate::api::router(state, &config.api, callbacks)));
         Ok(self)
     }
 
@@ -79,33 +87,13 @@ impl Application {
 
     /// Builds the parts around a given store and provider (tests use this).
     pub fn from_parts(config: &Config, store: Arc<dyn Store>, provider: Arc<dyn Provider>) -> Self {
-        let d = &config.dispatch;
-        let settings = Settings {
-            instance: config.instance_id(),
-            batch_size: d.batch_size,
-            concurrency: d.concurrency,
-            poll_interval: d.poll_interval,
-            lease: d.lease,
-            retry: d.retry_policy(),
-            shutdown_grace: d.shutdown_grace,
-            rules: Rules {
-                default_region: config
-                    .validation
-                    .default_region
-                    .as_deref()
-                    .and_then(|r| r.parse().ok()),
-                max_segments: config.validation.max_segments,
-            },
-        };
-        let reaper = ReaperSettings {
-            schedule: config.housekeeping.reaper.clone(),
-            max_attempts: d.max_attempts,
-            batch: config.housekeeping.reaper_batch,
-        };
-        let dispatcher = Arc::new(Dispatcher::new(store.clone(), provider, settings));
+        let options = config.dispatch.options(&config.validation);
+        let reaper = config.housekeeping.reaper(config.dispatch.max_attempts);
+        let dispatcher = Arc::new(Dispatcher::new(store.clone(), provider.clone(), options));
         Self {
             store,
             dispatcher,
+            provider,
             reaper,
             api: None,
         }
@@ -118,6 +106,7 @@ impl Application {
             dispatcher,
             reaper,
             api,
+            ..
         } = self;
         // The API answers from the start: /healthz at once, /readyz once the database is migrated.
         let api = match api {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::settings::Config;
 
 /// SMS outbox daemon: sends the rows of the `sms` table through a provider.
 #[derive(Debug, Parser)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Application;
-use crate::config::Config;
+use crate::settings::Config;
 use crate::store::Dialect;
 
 /// Runs the demo until SIGTERM / SIGINT.
@@ -39,7 +39,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
     let token_file = config.api.dev_token_file.display().to_string();
-    let provider = format!("{:?}", config.provider.kind).to_lowercase();
+    let provider = config.provider.kind.as_str();
     println!(
         "smsrelay demo: database {}, provider {provider}, API {base}",
         redact_url(&options.url)

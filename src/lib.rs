@@ -10,7 +10,11 @@ pub mod dispatch;
 pub mod domain;
 pub mod housekeeping;
 pub mod provider;
+pub mod secrets;
+pub mod settings;
 pub mod shutdown;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;
+
+pub use settings::Config;

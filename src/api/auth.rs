@@ -10,7 +10,9 @@ use subtle::ConstantTimeEq;
 
 use super::ApiState;
 use super::error::ApiError;
-use crate::config::{ApiConfig, ConfigError, Scope, invalid, read_credential, read_secret_file};
+use super::settings::{ApiSettings, Scope};
+use crate::config::{ConfigError, invalid};
+use crate::secrets::{read_credential, read_secret_file};
 
 /// A configured token: its name, scopes and digest.
 #[derive(Clone)]
@@ -67,7 +69,7 @@ pub fn to_hex(digest: &[u8]) -> String {
 
 impl Authenticator {
     /// Reads every token's digest (files and credentials are read once, now).
-    pub fn from_config(api: &ApiConfig) -> Result<Self, ConfigError> {
+    pub fn from_settings(api: &ApiSettings) -> Result<Self, ConfigError> {
         let mut tokens = Vec::with_capacity(api.tokens.len());
         for (i, token) in api.tokens.iter().enumerate() {
             let digest = if let Some(hex) = &token.sha256 {
@@ -194,22 +196,22 @@ pub fn new_token() -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TokenConfig;
+    use crate::api::settings::TokenSettings;
 
     #[test]
     fn verifies_by_digest_and_keeps_scopes() {
         let (token, digest) = new_token();
-        let api = ApiConfig {
-            tokens: vec![TokenConfig {
+        let api = ApiSettings {
+            tokens: vec![TokenSettings {
                 name: "platform".into(),
                 scopes: vec![Scope::Read],
                 sha256: Some(digest),
                 token_file: None,
                 credential: None,
             }],
-            ..ApiConfig::default()
+            ..ApiSettings::default()
         };
-        let auth = Authenticator::from_config(&api).unwrap();
+        let auth = Authenticator::from_settings(&api).unwrap();
         let caller = auth.verify(&token).unwrap();
         assert_eq!(caller.name, "platform");
         assert!(caller.require(Scope::Read).is_ok());

@@ -7,6 +7,7 @@ pub mod error;
 pub mod health;
 pub mod json;
 pub mod metrics;
+pub mod settings;
 pub mod sms;
 
 use std::sync::Arc;
@@ -27,11 +28,11 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::config::ApiConfig;
 use crate::dispatch::Rules;
 use crate::store::Store;
 use auth::Authenticator;
 use error::ApiError;
+use settings::ApiSettings;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -91,8 +92,9 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     documented_routes().into_openapi()
 }
 
-/// The routes with their middleware.
-pub fn router(state: ApiState, config: &ApiConfig) -> Router {
+/// The routes with their middleware. `callbacks` are a provider's own routes
+/// (under `/callbacks/<name>`); they authenticate their callers themselves.
+pub fn router(state: ApiState, config: &ApiSettings, callbacks: Router) -> Router {
     let (router, openapi) = documented_routes().split_for_parts();
     let openapi = Arc::new(openapi);
     router
@@ -109,6 +111,7 @@ pub fn router(state: ApiState, config: &ApiConfig) -> Router {
             )
         })
         .with_state(state)
+        .merge(callbacks)
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(config.body_limit))
         .layer(TimeoutLayer::with_status_code(

@@ -14,7 +14,7 @@ use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::json::ApiJson;
-use crate::config::Scope;
+use super::settings::Scope;
 use crate::domain::phone::E164;
 use crate::domain::segments::count_segments;
 use crate::domain::{AttemptRecord, EventRecord, NewSms, Recipient, SmsRecord, Status};

@@ -1,7 +1,10 @@
 //! The dispatcher: claim a batch -> validate -> send with bounded concurrency
 //! -> record every outcome in one fenced write. No transaction or lock is held
-//! across a provider call.
+//! across a provider call. What each attempt's end (refusal, provider answer,
+//! interrupted or crashed send) means for the row is decided in one place,
+//! `domain::outcome::settle`; this module only runs the cycle, logs and records.
 
+pub mod settings;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -9,23 +12,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::outcome::{self, AttemptEnd, Lost};
 use crate::domain::phone::mask;
-use crate::domain::retry::{RetryDecision, RetryPolicy};
+use crate::domain::retry::RetryPolicy;
 use crate::domain::{AttemptOutcome, ClaimedSms, NextState, Outcome};
 use crate::provider::{OutboundSms, Provider, SendOutcome};
-use crate::store::{Store, StoreError};
+use crate::store::{Claim, Store, StoreError};
+pub use settings::{DispatchSettings, ValidationSettings};
+use validate::Ready;
 pub use validate::Rules;
 
 /// How often the heartbeat runs during a cycle (the unit's WatchdogSec is 30s).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
-/// How a dispatcher behaves; built from `[dispatch]` and `[validation]`.
+/// How a dispatcher behaves, resolved from `[dispatch]` and `[validation]`
+/// (see [`DispatchSettings::options`]).
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct Options {
     pub instance: String,
     pub batch_size: u32,
     pub concurrency: u32,
@@ -51,12 +58,33 @@ pub struct BatchReport {
     pub released: usize,
 }
 
+impl BatchReport {
+    /// Adds each outcome to the count of the state it leads to.
+    fn count(&mut self, outcomes: &[Outcome]) {
+        for o in outcomes {
+            match o.next {
+                NextState::Sent => self.sent += 1,
+                NextState::Retry(_) => self.retried += 1,
+                NextState::Declined => self.declined += 1,
+                NextState::Failed => self.failed += 1,
+            }
+        }
+    }
+}
+
 /// Claims and sends messages for one instance.
 pub struct Dispatcher {
     store: Arc<dyn Store>,
     provider: Arc<dyn Provider>,
-    settings: Settings,
+    options: Options,
     wake: Arc<Notify>,
+}
+
+/// The send tasks of one batch, and the claimed row (with its segment count) each one carries.
+#[derive(Default)]
+struct InFlight {
+    tasks: JoinSet<TaskEnd>,
+    rows: HashMap<tokio::task::Id, (ClaimedSms, u32)>,
 }
 
 /// The end of one send task.
@@ -67,18 +95,18 @@ enum TaskEnd {
 }
 
 impl Dispatcher {
-    pub fn new(store: Arc<dyn Store>, provider: Arc<dyn Provider>, settings: Settings) -> Self {
+    pub fn new(store: Arc<dyn Store>, provider: Arc<dyn Provider>, options: Options) -> Self {
         Self {
             store,
             provider,
-            settings,
+            options,
             wake: Arc::new(Notify::new()),
         }
     }
 
     /// The validation rules applied before sending (the API applies them too).
     pub fn rules(&self) -> Rules {
-        self.settings.rules
+        self.options.rules
     }
 
     /// A handle that makes the dispatcher look for work now instead of at its next poll.
@@ -107,8 +135,8 @@ impl Dispatcher {
                 Ok(report) => {
                     backoff = Duration::ZERO;
                     // A full batch suggests more is due: go again at once.
-                    if report.claimed < self.settings.batch_size as usize {
-                        self.idle(&stop, self.settings.poll_interval).await;
+                    if report.claimed < self.options.batch_size as usize {
+                        self.idle(&stop, self.options.poll_interval).await;
                     }
                 }
                 Err(e) => {
@@ -130,161 +158,211 @@ impl Dispatcher {
     }
 
     /// One cycle: claim a batch, send it, record the outcomes. Public for tests.
-    #[tracing::instrument(skip_all, fields(instance = %self.settings.instance), err)]
+    #[tracing::instrument(skip_all, fields(instance = %self.options.instance), err)]
     pub async fn run_once(&self, stop: &CancellationToken) -> Result<BatchReport, StoreError> {
         if stop.is_cancelled() {
             return Ok(BatchReport::default());
         }
-        let s = &self.settings;
-        let claim = self.store.claim(&s.instance, s.batch_size, s.lease).await?;
+        let claim = self.claim().await?;
         let mut report = BatchReport {
             claimed: claim.messages.len(),
             expired: claim.expired,
             ..BatchReport::default()
         };
+        if claim.messages.is_empty() {
+            return Ok(report);
+        }
+        let (outcomes, unsent) = self.send_batch(claim.messages, stop).await;
+        report.count(&outcomes);
+        report.stale = self.record(stop, &outcomes).await?;
+        report.released = self.release_unsent(stop, &unsent).await?;
+        Ok(report)
+    }
+
+    /// Claims the next batch under our lease.
+    async fn claim(&self) -> Result<Claim, StoreError> {
+        let o = &self.options;
+        let claim = self.store.claim(&o.instance, o.batch_size, o.lease).await?;
         if claim.expired > 0 {
             tracing::info!(
                 count = claim.expired,
                 "pending messages expired before sending"
             );
         }
-        if claim.messages.is_empty() {
-            return Ok(report);
+        if !claim.messages.is_empty() {
+            tracing::debug!(count = claim.messages.len(), "claimed batch");
+            metrics::histogram!("smsrelay_claim_batch_size").record(claim.messages.len() as f64);
         }
-        tracing::debug!(count = claim.messages.len(), "claimed batch");
-        metrics::histogram!("smsrelay_claim_batch_size").record(claim.messages.len() as f64);
+        Ok(claim)
+    }
 
-        let mut outcomes = Vec::with_capacity(claim.messages.len());
-        let mut unsent = Vec::new();
-        let mut tasks = JoinSet::new();
-        // What each send task carries: the claimed row and its segment count.
-        let mut in_flight: HashMap<tokio::task::Id, (ClaimedSms, u32)> = HashMap::new();
-        let permits = Arc::new(Semaphore::new(s.concurrency as usize));
-
-        for sms in claim.messages {
-            let ready = match validate::validate(&sms, &s.rules) {
-                Ok(ready) => ready,
-                Err(refusal) => {
-                    tracing::info!(sms_id = sms.id, to = %mask(&sms.mobile_no), reason = %refusal.reason, "declined before sending");
-                    outcomes.push(Outcome {
-                        id: sms.id,
-                        attempt: sms.attempt,
-                        outcome: AttemptOutcome::Invalid,
-                        next: NextState::Declined,
-                        http_status: None,
-                        provider_message_id: None,
-                        error: Some(refusal.reason.clone()),
+    /// Validates and sends every claimed message, at most `concurrency` at a
+    /// time. Returns one outcome per message that was refused or offered to
+    /// the provider, and the (id, attempt) of those shutdown kept from starting.
+    async fn send_batch(
+        &self,
+        messages: Vec<ClaimedSms>,
+        stop: &CancellationToken,
+    ) -> (Vec<Outcome>, Vec<(i64, u32)>) {
+        let mut outcomes = Vec::with_capacity(messages.len());
+        let mut in_flight = InFlight::default();
+        let permits = Arc::new(Semaphore::new(self.options.concurrency as usize));
+        for sms in messages {
+            match validate::validate(&sms, &self.options.rules) {
+                Ok(ready) => self.spawn_send(&mut in_flight, sms, ready, &permits, stop),
+                Err(refusal) => outcomes.push(self.settle(
+                    &sms,
+                    AttemptEnd::Refused {
+                        reason: refusal.reason,
                         segments: refusal.segments,
-                        reason: format!("invalid: {}", refusal.reason),
-                    });
+                    },
+                )),
+            }
+        }
+        let mut unsent = Vec::new();
+        self.collect(in_flight, stop, &mut outcomes, &mut unsent)
+            .await;
+        (outcomes, unsent)
+    }
+
+    /// Starts one send task; it waits for a concurrency permit first.
+    fn spawn_send(
+        &self,
+        in_flight: &mut InFlight,
+        sms: ClaimedSms,
+        ready: Ready,
+        permits: &Arc<Semaphore>,
+        stop: &CancellationToken,
+    ) {
+        let provider = self.provider.clone();
+        let permits = permits.clone();
+        let stop = stop.clone();
+        let (id, attempt, message, segments) =
+            (sms.id, sms.attempt, sms.message.clone(), ready.segments);
+        let handle = in_flight.tasks.spawn(async move {
+            // Waiting for a slot is abandoned at shutdown; a started request is not.
+            let _permit = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return TaskEnd::NotStarted,
+                permit = permits.acquire_owned() => permit,
+            };
+            let outbound = OutboundSms {
+                id,
+                attempt,
+                to: &ready.to,
+                message: &message,
+                segments,
+            };
+            let started = std::time::Instant::now();
+            let answer = provider.send(&outbound).await;
+            metrics::histogram!("smsrelay_send_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            TaskEnd::Done(answer)
+        });
+        in_flight.rows.insert(handle.id(), (sms, segments));
+    }
+
+    /// Waits for every send task and settles each one. Once shutdown starts,
+    /// sends in flight get `shutdown_grace`, then are interrupted.
+    async fn collect(
+        &self,
+        mut in_flight: InFlight,
+        stop: &CancellationToken,
+        outcomes: &mut Vec<Outcome>,
+        unsent: &mut Vec<(i64, u32)>,
+    ) {
+        let provider = self.provider.name();
+        let mut deadline: Option<Instant> = None;
+        while let Some(joined) = self
+            .join_next(&mut in_flight.tasks, &mut deadline, stop)
+            .await
+        {
+            let (task_id, end) = match joined {
+                Ok((task_id, end)) => (task_id, Ok(end)),
+                Err(e) => (e.id(), Err(e)),
+            };
+            let Some((sms, segments)) = in_flight.rows.remove(&task_id) else {
+                continue;
+            };
+            let end = match end {
+                Ok(TaskEnd::NotStarted) => {
+                    unsent.push((sms.id, sms.attempt));
                     continue;
                 }
+                Ok(TaskEnd::Done(answer)) => AttemptEnd::Answered {
+                    provider,
+                    segments,
+                    answer,
+                },
+                Err(e) => AttemptEnd::Lost {
+                    provider,
+                    segments,
+                    cause: if e.is_cancelled() {
+                        Lost::Interrupted
+                    } else {
+                        Lost::Crashed
+                    },
+                },
             };
-            let provider = self.provider.clone();
-            let permits = permits.clone();
-            let stop = stop.clone();
-            let (id, attempt, message, segments) =
-                (sms.id, sms.attempt, sms.message.clone(), ready.segments);
-            let handle = tasks.spawn(async move {
-                // Waiting for a slot is abandoned at shutdown; a started request is not.
-                let _permit = tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => return TaskEnd::NotStarted,
-                    permit = permits.acquire_owned() => permit,
-                };
-                let outbound = OutboundSms {
-                    id,
-                    attempt,
-                    to: &ready.to,
-                    message: &message,
-                    segments: ready.segments,
-                };
-                let started = std::time::Instant::now();
-                let result = provider.send(&outbound).await;
-                metrics::histogram!("smsrelay_send_duration_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                TaskEnd::Done(result)
-            });
-            in_flight.insert(handle.id(), (sms, segments));
+            outcomes.push(self.settle(&sms, end));
         }
+    }
 
-        // Collect results; once shutdown starts, in-flight sends get `shutdown_grace`.
-        let mut deadline: Option<Instant> = None;
+    /// The next finished send task; `None` when all are done. Starts the
+    /// shutdown grace period when `stop` fires, and interrupts what is still
+    /// in flight when it runs out.
+    async fn join_next(
+        &self,
+        tasks: &mut JoinSet<TaskEnd>,
+        deadline: &mut Option<Instant>,
+        stop: &CancellationToken,
+    ) -> Option<Result<(tokio::task::Id, TaskEnd), JoinError>> {
         loop {
-            let joined = match deadline {
+            match *deadline {
                 None => tokio::select! {
-                    joined = tasks.join_next_with_id() => joined,
+                    joined = tasks.join_next_with_id() => return joined,
                     _ = stop.cancelled() => {
-                        deadline = Some(Instant::now() + s.shutdown_grace);
-                        continue;
+                        *deadline = Some(Instant::now() + self.options.shutdown_grace);
                     }
                 },
                 Some(at) => match tokio::time::timeout_at(at, tasks.join_next_with_id()).await {
-                    Ok(joined) => joined,
+                    Ok(joined) => return joined,
                     Err(_) => {
                         tracing::warn!(
                             count = tasks.len(),
                             "shutdown grace elapsed; interrupting sends still in flight"
                         );
                         tasks.abort_all();
-                        deadline = Some(Instant::now() + Duration::from_secs(3600));
-                        continue;
+                        // Aborted tasks end at once; this only bounds the wait for them.
+                        *deadline = Some(Instant::now() + Duration::from_secs(3600));
                     }
                 },
-            };
-            let Some(joined) = joined else { break };
-            let (task_id, end) = match joined {
-                Ok((task_id, end)) => (task_id, Ok(end)),
-                Err(e) => (e.id(), Err(e)),
-            };
-            let Some((sms, segments)) = in_flight.remove(&task_id) else {
-                continue;
-            };
-            match end {
-                Ok(TaskEnd::NotStarted) => unsent.push((sms.id, sms.attempt)),
-                Ok(TaskEnd::Done(result)) => outcomes.push(self.decide(&sms, segments, result)),
-                Err(e) => {
-                    let (outcome, error) = if e.is_cancelled() {
-                        (
-                            AttemptOutcome::Interrupted,
-                            "interrupted by shutdown; the provider may have received it".to_owned(),
-                        )
-                    } else {
-                        (
-                            AttemptOutcome::Transient,
-                            "send task failed unexpectedly".to_owned(),
-                        )
-                    };
-                    let mut o = self.decide(
-                        &sms,
-                        segments,
-                        SendOutcome::Transient {
-                            error,
-                            http_status: None,
-                            retry_after: None,
-                        },
-                    );
-                    o.outcome = outcome;
-                    outcomes.push(o);
-                }
             }
         }
+    }
 
-        for o in &outcomes {
+    /// Applies the outcome model to one attempt and logs what it decided.
+    fn settle(&self, sms: &ClaimedSms, end: AttemptEnd<'_>) -> Outcome {
+        let outcome = outcome::settle(sms, end, &self.options.retry, rand::random::<f64>());
+        log_outcome(sms, &outcome);
+        outcome
+    }
+
+    /// Writes the outcomes in one fenced write; returns how many the fence refused.
+    async fn record(
+        &self,
+        stop: &CancellationToken,
+        outcomes: &[Outcome],
+    ) -> Result<u64, StoreError> {
+        for o in outcomes {
             metrics::counter!("smsrelay_sends_total", "outcome" => o.outcome.as_str()).increment(1);
-            match o.next {
-                NextState::Sent => report.sent += 1,
-                NextState::Retry(_) => report.retried += 1,
-                NextState::Declined => report.declined += 1,
-                NextState::Failed => report.failed += 1,
-            }
         }
+        let instance = &self.options.instance;
         let recorded = self
             .with_db_retry(stop, "record outcomes", || {
-                self.store.record_outcomes(&s.instance, &outcomes)
+                self.store.record_outcomes(instance, outcomes)
             })
             .await?;
-        report.stale = recorded.stale;
         if recorded.stale > 0 {
             metrics::counter!("smsrelay_stale_writes_total").increment(recorded.stale);
             tracing::warn!(
@@ -292,94 +370,26 @@ impl Dispatcher {
                 "outcomes not recorded: the rows were no longer leased to this instance (lease expired and reclaimed?); they may be sent twice"
             );
         }
-        if !unsent.is_empty() {
-            report.released = unsent.len();
-            let released = self
-                .with_db_retry(stop, "release unsent", || {
-                    self.store.release(&s.instance, &unsent)
-                })
-                .await?;
-            tracing::info!(released, "claimed messages handed back unsent at shutdown");
-        }
-        Ok(report)
+        Ok(recorded.stale)
     }
 
-    /// Turns a provider's answer into the next state, applying the retry policy.
-    fn decide(&self, sms: &ClaimedSms, segments: u32, result: SendOutcome) -> Outcome {
-        let base = Outcome {
-            id: sms.id,
-            attempt: sms.attempt,
-            outcome: AttemptOutcome::Accepted,
-            next: NextState::Sent,
-            http_status: None,
-            provider_message_id: None,
-            error: None,
-            segments: Some(segments),
-            reason: String::new(),
-        };
-        match result {
-            SendOutcome::Accepted {
-                provider_message_id,
-                http_status,
-            } => Outcome {
-                http_status,
-                provider_message_id,
-                reason: format!("accepted by provider {}", self.provider.name()),
-                ..base
-            },
-            SendOutcome::Permanent { error, http_status } => {
-                tracing::info!(sms_id = sms.id, attempt = sms.attempt, to = %mask(&sms.mobile_no), %error, "declined by provider");
-                Outcome {
-                    outcome: AttemptOutcome::Permanent,
-                    next: NextState::Declined,
-                    http_status,
-                    reason: error.clone(),
-                    error: Some(error),
-                    ..base
-                }
-            }
-            SendOutcome::Transient {
-                error,
-                http_status,
-                retry_after,
-            } => {
-                let jitter = rand::random::<f64>();
-                match self
-                    .settings
-                    .retry
-                    .after_transient(sms.attempt, jitter, retry_after)
-                {
-                    RetryDecision::RetryAfter(after) => {
-                        tracing::info!(sms_id = sms.id, attempt = sms.attempt, %error, retry_in = ?after, "transient failure; will retry");
-                        Outcome {
-                            outcome: AttemptOutcome::Transient,
-                            next: NextState::Retry(after),
-                            http_status,
-                            reason: format!(
-                                "{error}; retry in {}",
-                                humantime::format_duration(round_to_millis(after))
-                            ),
-                            error: Some(error),
-                            ..base
-                        }
-                    }
-                    RetryDecision::GiveUp => {
-                        tracing::warn!(sms_id = sms.id, attempt = sms.attempt, %error, "attempts exhausted");
-                        Outcome {
-                            outcome: AttemptOutcome::Transient,
-                            next: NextState::Failed,
-                            http_status,
-                            reason: format!(
-                                "attempts exhausted after {} sends: {error}",
-                                sms.attempt
-                            ),
-                            error: Some(error),
-                            ..base
-                        }
-                    }
-                }
-            }
+    /// Hands rows shutdown kept from sending back to `pending`; returns how many.
+    async fn release_unsent(
+        &self,
+        stop: &CancellationToken,
+        unsent: &[(i64, u32)],
+    ) -> Result<usize, StoreError> {
+        if unsent.is_empty() {
+            return Ok(0);
         }
+        let instance = &self.options.instance;
+        let released = self
+            .with_db_retry(stop, "release unsent", || {
+                self.store.release(instance, unsent)
+            })
+            .await?;
+        tracing::info!(released, "claimed messages handed back unsent at shutdown");
+        Ok(unsent.len())
     }
 
     /// Retries a database write through an outage: the provider has already
@@ -404,7 +414,7 @@ impl Dispatcher {
                 Err(e) if e.is_transient() => {
                     if stop.is_cancelled() {
                         let at = *give_up_at
-                            .get_or_insert_with(|| Instant::now() + self.settings.shutdown_grace);
+                            .get_or_insert_with(|| Instant::now() + self.options.shutdown_grace);
                         if Instant::now() >= at {
                             return Err(e);
                         }
@@ -419,6 +429,27 @@ impl Dispatcher {
     }
 }
 
-fn round_to_millis(d: Duration) -> Duration {
-    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+/// One log line per decision worth an operator's attention (an accepted send is not).
+fn log_outcome(sms: &ClaimedSms, o: &Outcome) {
+    let error = o.error.as_deref().unwrap_or_default();
+    match (o.outcome, o.next) {
+        (AttemptOutcome::Invalid, _) => {
+            tracing::info!(sms_id = sms.id, to = %mask(&sms.mobile_no), reason = error, "declined before sending");
+        }
+        (_, NextState::Declined) => {
+            tracing::info!(sms_id = sms.id, attempt = sms.attempt, to = %mask(&sms.mobile_no), error, "declined by provider");
+        }
+        (_, NextState::Retry(after)) => {
+            tracing::info!(sms_id = sms.id, attempt = sms.attempt, error, retry_in = ?after, "transient failure; will retry");
+        }
+        (_, NextState::Failed) => {
+            tracing::warn!(
+                sms_id = sms.id,
+                attempt = sms.attempt,
+                error,
+                "attempts exhausted"
+            );
+        }
+        (_, NextState::Sent) => {}
+    }
 }

@@ -1,5 +1,6 @@
 //! Pure types of the SMS outbox: no I/O here.
 
+pub mod outcome;
 pub mod phone;
 pub mod retry;
 pub mod segments;
@@ -113,6 +114,9 @@ pub struct Outcome {
     pub next: NextState,
     pub http_status: Option<u16>,
     pub provider_message_id: Option<String>,
+    /// The provider instance the attempt went to (its `[provider.<name>]`
+    /// section); `None` when validation refused the message first.
+    pub provider: Option<String>,
     /// What went wrong, readable by an operator; never contains the number or body.
     pub error: Option<String>,
     pub segments: Option<u32>,

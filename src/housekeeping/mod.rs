@@ -4,11 +4,53 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
+use crate::config::{ConfigError, invalid};
 use crate::store::{ReapReport, Store, StoreError};
 
-/// Settings of the lease reaper.
+/// `[housekeeping]`: maintenance jobs, as cron expressions with seconds.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HousekeepingSettings {
+    /// When to return rows whose lease expired to `pending`.
+    pub reaper: String,
+    /// Rows handled per reaper run.
+    pub reaper_batch: u32,
+}
+
+impl Default for HousekeepingSettings {
+    fn default() -> Self {
+        Self {
+            reaper: "*/15 * * * * *".into(),
+            reaper_batch: 1000,
+        }
+    }
+}
+
+impl HousekeepingSettings {
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_cron(&self.reaper).map_err(|e| invalid("housekeeping.reaper", e))?;
+        if self.reaper_batch == 0 {
+            return Err(invalid("housekeeping.reaper_batch", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The reaper's settings; `max_attempts` is `[dispatch] max_attempts`, so
+    /// an abandoned last attempt fails the message as a failed send would.
+    pub fn reaper(&self, max_attempts: u32) -> ReaperSettings {
+        ReaperSettings {
+            schedule: self.reaper.clone(),
+            max_attempts,
+            batch: self.reaper_batch,
+        }
+    }
+}
+
+/// Settings of the lease reaper, resolved from `[housekeeping]` and `[dispatch]`.
 #[derive(Debug, Clone)]
 pub struct ReaperSettings {
     pub schedule: String,

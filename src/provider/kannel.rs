@@ -6,10 +6,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use super::webhook::{describe_request_error, retry_after};
-use super::{OutboundSms, Provider, SendOutcome};
-use crate::config::{ConfigError, Secret, invalid, resolve_secret};
+use super::{OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome};
+use crate::config::{ConfigError, invalid};
 use crate::domain::segments::{Encoding, count_segments};
+use crate::secrets::{Secret, resolve_secret};
 
 /// Every delivery report Kannel can send: delivered (1), not delivered (2),
 /// queued on the SMSC (4), delivered to the SMSC (8), rejected by the SMSC (16).
@@ -42,51 +45,56 @@ pub struct KannelSettings {
 
 impl KannelSettings {
     /// Checks the settings without reading credentials; errors name the key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn check(&self, instance: &ProviderInstance) -> Result<(), ConfigError> {
+        let k = |field: &str| instance.key(field);
         if self.url.is_empty() {
-            return Err(invalid("provider.kannel.url", "is required"));
+            return Err(invalid(k("url"), "is required"));
         }
-        let url = parse_http_url("provider.kannel.url", &self.url)?;
+        let url = parse_http_url(&k("url"), &self.url)?;
         if url.query().is_some() {
             return Err(invalid(
-                "provider.kannel.url",
+                k("url"),
                 "must not carry a query string: set username, password and from in their own keys",
             ));
         }
         if self.username.trim().is_empty() {
-            return Err(invalid("provider.kannel.username", "must not be empty"));
+            return Err(invalid(k("username"), "must not be empty"));
         }
         if self.password.is_none() && self.password_credential.is_none() {
             return Err(invalid(
-                "provider.kannel.password",
-                "is required (or provider.kannel.password_credential)",
+                k("password"),
+                format!("is required (or {})", k("password_credential")),
             ));
         }
         if let Some(from) = &self.from
             && from.trim().is_empty()
         {
             return Err(invalid(
-                "provider.kannel.from",
+                k("from"),
                 "must not be empty (leave it out to use the smsbox's default sender)",
             ));
         }
         if let Some(base) = &self.dlr_url_base {
-            let parsed = parse_http_url("provider.kannel.dlr_url_base", base)?;
+            let parsed = parse_http_url(&k("dlr_url_base"), base)?;
             if parsed.query().is_some() || parsed.fragment().is_some() {
                 return Err(invalid(
-                    "provider.kannel.dlr_url_base",
+                    k("dlr_url_base"),
                     "must be a base URL without query or fragment, e.g. https://sms.example.com",
                 ));
             }
             if self.callback_secret.is_none() && self.callback_secret_credential.is_none() {
                 return Err(invalid(
-                    "provider.kannel.callback_secret",
-                    "is required when provider.kannel.dlr_url_base is set (or provider.kannel.callback_secret_credential)",
+                    k("callback_secret"),
+                    format!(
+                        "is required when {} is set (or {})",
+                        k("dlr_url_base"),
+                        k("callback_secret_credential")
+                    ),
                 ));
             }
         }
         if let Some(secret) = &self.callback_secret {
-            check_callback_secret("provider.kannel.callback_secret", secret)?;
+            check_callback_secret(&k("callback_secret"), secret)?;
         }
         Ok(())
     }
@@ -118,8 +126,19 @@ fn check_callback_secret(key: &str, secret: &Secret) -> Result<(), ConfigError> 
     Ok(())
 }
 
+impl ProviderSection for KannelSettings {
+    fn validate(&self, instance: &ProviderInstance) -> Result<(), ConfigError> {
+        self.check(instance)
+    }
+
+    fn build(&self, instance: &ProviderInstance) -> Result<Arc<dyn Provider>, ConfigError> {
+        Ok(Arc::new(KannelProvider::from_settings(self, instance)?))
+    }
+}
+
 /// Sends through a Kannel smsbox.
 pub struct KannelProvider {
+    name: String,
     client: reqwest::Client,
     url: reqwest::Url,
     username: String,
@@ -133,28 +152,31 @@ impl KannelProvider {
     /// Builds the provider, reading credentials; `timeout` bounds each request.
     pub fn from_settings(
         settings: &KannelSettings,
-        timeout: Duration,
+        instance: &ProviderInstance,
     ) -> Result<Self, ConfigError> {
-        settings.validate()?;
-        let url = parse_http_url("provider.kannel.url", &settings.url)?;
+        settings.check(instance)?;
+        let k = |field: &str| instance.key(field);
+        let timeout = instance.timeout;
+        let url = parse_http_url(&k("url"), &settings.url)?;
         let password = resolve_secret(
-            "provider.kannel.password_credential",
+            &k("password_credential"),
             settings.password.as_ref(),
             settings.password_credential.as_deref(),
         )?
-        .ok_or_else(|| invalid("provider.kannel.password", "is required"))?;
+        .ok_or_else(|| invalid(k("password"), "is required"))?;
         let reports = match &settings.dlr_url_base {
             None => None,
             Some(base) => {
-                let key = "provider.kannel.callback_secret_credential";
+                let key = k("callback_secret_credential");
                 let secret = resolve_secret(
-                    key,
+                    &key,
                     settings.callback_secret.as_ref(),
                     settings.callback_secret_credential.as_deref(),
                 )?
-                .ok_or_else(|| invalid("provider.kannel.callback_secret", "is required"))?;
-                check_callback_secret(key, &secret)?;
-                let endpoint = format!("{}/callbacks/kannel", base.trim_end_matches('/'));
+                .ok_or_else(|| invalid(k("callback_secret"), "is required"))?;
+                check_callback_secret(&key, &secret)?;
+                let endpoint =
+                    format!("{}/callbacks/{}", base.trim_end_matches('/'), instance.name);
                 Some((endpoint, secret))
             }
         };
@@ -165,13 +187,9 @@ impl KannelProvider {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("smsrelay/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| {
-                invalid(
-                    "provider.kannel.url",
-                    format!("cannot build HTTP client: {e}"),
-                )
-            })?;
+            .map_err(|e| invalid(k("url"), format!("cannot build HTTP client: {e}")))?;
         Ok(Self {
+            name: instance.name.clone(),
             client,
             url,
             username: settings.username.clone(),
@@ -224,8 +242,8 @@ fn dlr_url(endpoint: &str, secret: &Secret, sms: &OutboundSms<'_>) -> String {
 
 #[async_trait]
 impl Provider for KannelProvider {
-    fn name(&self) -> &'static str {
-        "kannel"
+    fn name(&self) -> &str {
+        &self.name
     }
 
     async fn send(&self, sms: &OutboundSms<'_>) -> SendOutcome {
@@ -360,6 +378,13 @@ mod tests {
         }
     }
 
+    fn instance() -> ProviderInstance {
+        ProviderInstance {
+            name: "kannel".into(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
     fn key_of(error: ConfigError) -> String {
         match error {
             ConfigError::Invalid { key, .. } => key,
@@ -388,20 +413,20 @@ mod tests {
         for (change, key) in cases {
             let mut s = settings();
             change(&mut s);
-            assert_eq!(key_of(s.validate().unwrap_err()), key);
+            assert_eq!(key_of(s.check(&instance()).unwrap_err()), key);
         }
-        settings().validate().unwrap();
+        settings().check(&instance()).unwrap();
         let mut no_reports = settings();
         no_reports.dlr_url_base = None;
         no_reports.callback_secret = None;
-        no_reports.validate().unwrap();
+        no_reports.check(&instance()).unwrap();
     }
 
     #[test]
     fn the_secret_never_shows_in_errors_or_debug_output() {
         let mut s = settings();
         s.callback_secret = Some(Secret::new("tooshort"));
-        let error = s.validate().unwrap_err().to_string();
+        let error = s.check(&instance()).unwrap_err().to_string();
         assert!(!error.contains("tooshort"), "{error}");
         assert!(!format!("{:?}", settings()).contains("foobar"));
     }

@@ -10,9 +10,12 @@ use serde::{Deserialize, Serialize};
 use sha1::Sha1;
 use subtle::ConstantTimeEq;
 
+use std::sync::Arc;
+
 use super::webhook::{describe_request_error, retry_after};
-use super::{OutboundSms, Provider, SendOutcome};
-use crate::config::{ConfigError, Secret, invalid, resolve_secret};
+use super::{OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome};
+use crate::config::{ConfigError, invalid};
+use crate::secrets::{Secret, resolve_secret};
 
 /// Twilio's API host; tests point `base_url` at a local server instead.
 pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
@@ -58,40 +61,45 @@ fn is_sid(value: &str, prefix: &str) -> bool {
 
 impl TwilioSettings {
     /// Checks the settings without reading credentials; errors name the key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn check(&self, instance: &ProviderInstance) -> Result<(), ConfigError> {
+        let k = |field: &str| instance.key(field);
         if !is_sid(&self.account_sid, "AC") {
             return Err(invalid(
-                "provider.twilio.account_sid",
+                k("account_sid"),
                 "must be AC followed by 32 hex digits (the Account SID on Twilio's console)",
             ));
         }
         if self.auth_token.is_none() && self.auth_token_credential.is_none() {
             return Err(invalid(
-                "provider.twilio.auth_token",
-                "is required (or provider.twilio.auth_token_credential)",
+                k("auth_token"),
+                format!("is required (or {})", k("auth_token_credential")),
             ));
         }
         match (&self.from, &self.messaging_service_sid) {
             (Some(_), Some(_)) | (None, None) => {
                 return Err(invalid(
-                    "provider.twilio.from",
-                    "set exactly one of provider.twilio.from and provider.twilio.messaging_service_sid",
+                    k("from"),
+                    format!(
+                        "set exactly one of {} and {}",
+                        k("from"),
+                        k("messaging_service_sid")
+                    ),
                 ));
             }
             (Some(from), None) if from.trim().is_empty() => {
-                return Err(invalid("provider.twilio.from", "must not be empty"));
+                return Err(invalid(k("from"), "must not be empty"));
             }
             (None, Some(sid)) if !is_sid(sid, "MG") => {
                 return Err(invalid(
-                    "provider.twilio.messaging_service_sid",
+                    k("messaging_service_sid"),
                     "must be MG followed by 32 hex digits",
                 ));
             }
             _ => {}
         }
-        parse_http_url("provider.twilio.base_url", &self.base_url)?;
+        parse_http_url(&k("base_url"), &self.base_url)?;
         if let Some(url) = &self.status_callback_url {
-            parse_http_url("provider.twilio.status_callback_url", url)?;
+            parse_http_url(&k("status_callback_url"), url)?;
         }
         Ok(())
     }
@@ -111,8 +119,19 @@ enum Sender {
     MessagingService(String),
 }
 
+impl ProviderSection for TwilioSettings {
+    fn validate(&self, instance: &ProviderInstance) -> Result<(), ConfigError> {
+        self.check(instance)
+    }
+
+    fn build(&self, instance: &ProviderInstance) -> Result<Arc<dyn Provider>, ConfigError> {
+        Ok(Arc::new(TwilioProvider::from_settings(self, instance)?))
+    }
+}
+
 /// Sends through Twilio's Messages API.
 pub struct TwilioProvider {
+    name: String,
     client: reqwest::Client,
     messages_url: reqwest::Url,
     account_sid: String,
@@ -125,17 +144,19 @@ impl TwilioProvider {
     /// Builds the provider, reading the token; `timeout` bounds each request.
     pub fn from_settings(
         settings: &TwilioSettings,
-        timeout: Duration,
+        instance: &ProviderInstance,
     ) -> Result<Self, ConfigError> {
-        settings.validate()?;
+        settings.check(instance)?;
+        let k = |field: &str| instance.key(field);
+        let timeout = instance.timeout;
         let auth_token = resolve_secret(
-            "provider.twilio.auth_token_credential",
+            &k("auth_token_credential"),
             settings.auth_token.as_ref(),
             settings.auth_token_credential.as_deref(),
         )?
-        .ok_or_else(|| invalid("provider.twilio.auth_token", "is required"))?;
+        .ok_or_else(|| invalid(k("auth_token"), "is required"))?;
         let messages_url = parse_http_url(
-            "provider.twilio.base_url",
+            &k("base_url"),
             &format!(
                 "{}/2010-04-01/Accounts/{}/Messages.json",
                 settings.base_url.trim_end_matches('/'),
@@ -145,7 +166,7 @@ impl TwilioProvider {
         let sender = match (&settings.from, &settings.messaging_service_sid) {
             (Some(from), _) => Sender::From(from.clone()),
             (None, Some(sid)) => Sender::MessagingService(sid.clone()),
-            (None, None) => return Err(invalid("provider.twilio.from", "is required")),
+            (None, None) => return Err(invalid(k("from"), "is required")),
         };
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -154,13 +175,9 @@ impl TwilioProvider {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("smsrelay/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| {
-                invalid(
-                    "provider.twilio.base_url",
-                    format!("cannot build HTTP client: {e}"),
-                )
-            })?;
+            .map_err(|e| invalid(k("base_url"), format!("cannot build HTTP client: {e}")))?;
         Ok(Self {
+            name: instance.name.clone(),
             client,
             messages_url,
             account_sid: settings.account_sid.clone(),
@@ -183,8 +200,8 @@ struct ErrorReply {
 
 #[async_trait]
 impl Provider for TwilioProvider {
-    fn name(&self) -> &'static str {
-        "twilio"
+    fn name(&self) -> &str {
+        &self.name
     }
 
     async fn send(&self, sms: &OutboundSms<'_>) -> SendOutcome {
@@ -461,6 +478,13 @@ mod tests {
         );
     }
 
+    fn instance() -> ProviderInstance {
+        ProviderInstance {
+            name: "twilio".into(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
     fn settings() -> TwilioSettings {
         TwilioSettings {
             account_sid: format!("AC{}", "0123456789abcdef".repeat(2)),
@@ -503,11 +527,11 @@ mod tests {
         for (change, key) in cases {
             let mut s = settings();
             change(&mut s);
-            match s.validate() {
+            match s.check(&instance()) {
                 Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key),
                 other => panic!("{key}: {other:?}"),
             }
         }
-        settings().validate().unwrap();
+        settings().check(&instance()).unwrap();
     }
 }

@@ -1,16 +1,61 @@
-//! POSTs each message as JSON to a URL of the operator's choosing.
+//! `[provider.webhook]`: POSTs each message as JSON to a URL of the operator's choosing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
-use super::{OutboundSms, Provider, SendOutcome};
-use crate::config::{Config, ConfigError, Secret};
+use serde::{Deserialize, Serialize};
 
-/// `[provider.webhook]`: `{"id", "to", "message"}` with an `Idempotency-Key` header.
+use super::{OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome};
+use crate::config::{ConfigError, invalid};
+use crate::secrets::{Secret, resolve_secret};
+
+/// `[provider.webhook]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    pub url: Option<String>,
+    /// Sent as `Authorization: Bearer ...` when set.
+    pub token: Option<Secret>,
+    /// Name of a systemd credential holding the token.
+    pub token_credential: Option<String>,
+}
+
+impl WebhookSettings {
+    /// The URL, required and http(s).
+    fn parsed_url(&self, instance: &ProviderInstance) -> Result<reqwest::Url, ConfigError> {
+        let key = instance.key("url");
+        let url = self.url.as_deref().ok_or_else(|| {
+            invalid(
+                &key,
+                format!("is required when provider.kind = \"{}\"", instance.name),
+            )
+        })?;
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| invalid(&key, format!("is not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(invalid(key, "must be an http or https URL"));
+        }
+        Ok(parsed)
+    }
+}
+
+impl ProviderSection for WebhookSettings {
+    fn validate(&self, instance: &ProviderInstance) -> Result<(), ConfigError> {
+        self.parsed_url(instance).map(|_| ())
+    }
+
+    fn build(&self, instance: &ProviderInstance) -> Result<Arc<dyn Provider>, ConfigError> {
+        Ok(Arc::new(WebhookProvider::from_settings(self, instance)?))
+    }
+}
+
+/// `{"id", "to", "message"}` with an `Idempotency-Key` header.
 pub struct WebhookProvider {
+    name: String,
     client: reqwest::Client,
     url: reqwest::Url,
     token: Option<Secret>,
@@ -29,36 +74,43 @@ struct Reply {
 }
 
 impl WebhookProvider {
-    /// Builds the provider; `config` has been validated.
-    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        let invalid = |message: String| crate::config::invalid("provider.webhook.url", message);
-        let url = config
-            .provider
-            .webhook
-            .url
-            .as_deref()
-            .ok_or_else(|| invalid("is required when provider.kind = \"webhook\"".into()))?;
-        let url = reqwest::Url::parse(url).map_err(|e| invalid(format!("is not a URL: {e}")))?;
+    /// Builds the provider from its section; reads the token credential, if named.
+    pub fn from_settings(
+        settings: &WebhookSettings,
+        instance: &ProviderInstance,
+    ) -> Result<Self, ConfigError> {
+        let url = settings.parsed_url(instance)?;
         let client = reqwest::Client::builder()
-            .timeout(config.provider.timeout)
-            .connect_timeout(config.provider.timeout.min(Duration::from_secs(5)))
+            .timeout(instance.timeout)
+            .connect_timeout(instance.timeout.min(Duration::from_secs(5)))
             // A redirected POST would silently become a GET: treat it as a failure instead.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("smsrelay/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| invalid(format!("cannot build HTTP client: {e}")))?;
+            .map_err(|e| {
+                invalid(
+                    instance.key("url"),
+                    format!("cannot build HTTP client: {e}"),
+                )
+            })?;
+        let token = resolve_secret(
+            &instance.key("token_credential"),
+            settings.token.as_ref(),
+            settings.token_credential.as_deref(),
+        )?;
         Ok(Self {
+            name: instance.name.clone(),
             client,
             url,
-            token: config.webhook_token()?,
+            token,
         })
     }
 }
 
 #[async_trait]
 impl Provider for WebhookProvider {
-    fn name(&self) -> &'static str {
-        "webhook"
+    fn name(&self) -> &str {
+        &self.name
     }
 
     async fn send(&self, sms: &OutboundSms<'_>) -> SendOutcome {
@@ -197,6 +249,38 @@ mod tests {
                 "{code}"
             );
         }
+    }
+
+    fn instance() -> ProviderInstance {
+        ProviderInstance {
+            name: "webhook".into(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn its_section_is_checked_under_its_own_keys() {
+        let missing = WebhookSettings::default()
+            .validate(&instance())
+            .unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "config key `provider.webhook.url`: is required when provider.kind = \"webhook\""
+        );
+        let ftp = WebhookSettings {
+            url: Some("ftp://gateway.example/sms".into()),
+            ..WebhookSettings::default()
+        };
+        assert_eq!(
+            ftp.validate(&instance()).unwrap_err().to_string(),
+            "config key `provider.webhook.url`: must be an http or https URL"
+        );
+        let good = WebhookSettings {
+            url: Some("https://gateway.example/sms".into()),
+            ..WebhookSettings::default()
+        };
+        good.validate(&instance()).unwrap();
+        assert_eq!(good.build(&instance()).unwrap().name(), "webhook");
     }
 
     #[test]

@@ -144,6 +144,7 @@ mod tests {
             next: NextState::Retry(Duration::from_millis(1500)),
             http_status: None,
             provider_message_id: None,
+            provider: None,
             error: Some("provider answered HTTP 503".into()),
             segments: None,
             reason: "retry".into(),

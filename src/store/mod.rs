@@ -5,6 +5,7 @@
 mod batch;
 pub mod mysql;
 pub mod postgres;
+pub mod settings;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use time::OffsetDateTime;
+
+pub use settings::{DEFAULT_DATABASE_URL, DatabaseSettings};
 
 use crate::domain::{
     AttemptRecord, ClaimedSms, EventRecord, NewSms, Outcome, Recipient, SmsRecord, Status,

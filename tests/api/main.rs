@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use smsrelay::config::{Scope, TokenConfig};
+use smsrelay::api::settings::{Scope, TokenSettings};
 use support::*;
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +53,7 @@ async fn spawn_app() -> TestApp {
         ("notifier", vec![Scope::Send]),
     ] {
         let (token, digest) = smsrelay::api::auth::new_token();
-        tokens.push(TokenConfig {
+        tokens.push(TokenSettings {
             name: name.into(),
             scopes,
             sha256: Some(digest),

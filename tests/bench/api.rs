@@ -18,7 +18,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use smsrelay::config::{ProviderKind, Scope, TokenConfig};
+use smsrelay::api::settings::{Scope, TokenSettings};
+use smsrelay::provider::ProviderKind;
 use smsrelay::store::Store;
 use smsrelay::store::postgres::PgStore;
 use tokio_util::sync::CancellationToken;
@@ -163,7 +164,7 @@ impl Target {
         config.dispatch.poll_interval = Duration::from_secs(1);
         config.api.listen = "127.0.0.1:0".parse().expect("loopback address");
         let (token, digest) = smsrelay::api::auth::new_token();
-        config.api.tokens = vec![TokenConfig {
+        config.api.tokens = vec![TokenSettings {
             name: "screens".into(),
             scopes: vec![Scope::Read],
             sha256: Some(digest),
@@ -171,7 +172,7 @@ impl Target {
             credential: None,
         }];
         config.validate().expect("bench config is valid");
-        let provider = smsrelay::provider::from_config(&config).expect("log provider");
+        let provider = config.provider.build().expect("log provider");
         let app = smsrelay::app::Application::from_parts(&config, store, provider)
             .with_api(&config)
             .expect("API binds");

@@ -3,9 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use smsrelay::config::{Config, ProviderKind, Secret};
+use smsrelay::Config;
 use smsrelay::dispatch::Dispatcher;
+use smsrelay::provider::ProviderKind;
 use smsrelay::provider::webhook::WebhookProvider;
+use smsrelay::secrets::Secret;
 use tokio_util::sync::CancellationToken;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -37,7 +39,10 @@ fn config(db: &TestStore, provider_url: &str) -> Config {
 }
 
 fn dispatcher(db: &TestStore, config: &Config) -> Dispatcher {
-    let provider = Arc::new(WebhookProvider::from_config(config).expect("webhook provider"));
+    let provider = Arc::new(
+        WebhookProvider::from_settings(&config.provider.webhook, &config.provider.instance())
+            .expect("webhook provider"),
+    );
     let app = smsrelay::app::Application::from_parts(config, db.store.clone(), provider);
     Arc::try_unwrap(app.dispatcher).unwrap_or_else(|_| panic!("dispatcher is not shared yet"))
 }
@@ -184,7 +189,10 @@ async fn two_dispatchers_send_each_message_exactly_once(db: TestStore) {
     for instance in ["node-a", "node-b"] {
         let mut config = config.clone();
         config.dispatch.instance_id = Some(instance.into());
-        let webhook = Arc::new(WebhookProvider::from_config(&config).expect("webhook provider"));
+        let webhook = Arc::new(
+            WebhookProvider::from_settings(&config.provider.webhook, &config.provider.instance())
+                .expect("webhook provider"),
+        );
         let app = smsrelay::app::Application::from_parts(&config, db.another_store(), webhook);
         let dispatcher = app.dispatcher.clone();
         let stop = stop.clone();

@@ -94,6 +94,7 @@ pub fn outcome(id: i64, attempt: u32, next: NextState) -> Outcome {
         next,
         http_status,
         provider_message_id: matches!(next, NextState::Sent).then(|| format!("prov-{id}")),
+        provider: Some("test".into()),
         error: error.map(str::to_owned),
         segments: matches!(next, NextState::Sent).then_some(1),
         reason: reason.to_owned(),

@@ -147,6 +147,60 @@ fn bad_configuration_names_the_key_and_exits_2() {
     );
 }
 
+#[test]
+fn environment_variables_that_are_not_settings() {
+    // A script's own variable, without the section separator, is not a setting.
+    let dir = workdir();
+    let mut child = smsrelay()
+        .current_dir(&dir)
+        .arg("run")
+        .env("SMSRELAY_BIN", "/usr/local/bin/smsrelay")
+        .env("SMSRELAY_API__LISTEN", "127.0.0.1:0")
+        .env("SMSRELAY_LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start smsrelay");
+    // Running until told to stop: SMSRELAY_BIN did not end it.
+    let ready = dir.join("smsrelay.db");
+    let started = std::time::Instant::now();
+    while !ready.exists() && child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no database created"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "smsrelay exited");
+    let (status, logs) = terminate(child);
+    assert_eq!(status.code(), Some(0), "{logs}");
+    assert!(logs.contains("smsrelay ready"), "{logs}");
+
+    // One with the separator that names no setting is refused, naming the variable.
+    let output = run(smsrelay()
+        .arg("check-config")
+        .env("SMSRELAY_DATABASE__POOL_SIZ", "3"));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output)
+            .contains("environment variable SMSRELAY_DATABASE__POOL_SIZ: no such setting"),
+        "{}",
+        stderr(&output)
+    );
+    // A bad value names the variable and the key.
+    let output = run(smsrelay()
+        .arg("check-config")
+        .env("SMSRELAY_DATABASE__POOL_SIZE", "many"));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("environment variable SMSRELAY_DATABASE__POOL_SIZE: invalid type")
+            && stderr(&output).contains("`database.pool_size`"),
+        "{}",
+        stderr(&output)
+    );
+}
+
 /// Starts `smsrelay run` against `db` and `provider_url`, logging everything as JSON.
 fn start_daemon(db: &TestDb, provider_url: &str) -> Child {
     smsrelay()

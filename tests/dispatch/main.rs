@@ -513,6 +513,7 @@ async fn a_stale_outcome_write_changes_nothing() {
         next: smsrelay::domain::NextState::Sent,
         http_status: Some(200),
         provider_message_id: Some(format!("late-{instance}")),
+        provider: Some("webhook".into()),
         error: None,
         segments: Some(1),
         reason: "accepted".into(),

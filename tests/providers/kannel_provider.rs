@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use smsrelay::config::{Config, ProviderKind, Secret};
+use smsrelay::Config;
 use smsrelay::domain::phone::E164;
 use smsrelay::provider::kannel::{KannelProvider, KannelSettings};
 use smsrelay::provider::{OutboundSms, Provider, SendOutcome};
+use smsrelay::provider::{ProviderInstance, ProviderKind};
+use smsrelay::secrets::Secret;
 use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -32,8 +34,15 @@ fn settings(url: &str) -> KannelSettings {
     }
 }
 
+fn instance() -> ProviderInstance {
+    ProviderInstance {
+        name: "kannel".into(),
+        timeout: Duration::from_secs(5),
+    }
+}
+
 fn provider(settings: &KannelSettings) -> KannelProvider {
-    KannelProvider::from_settings(settings, Duration::from_secs(5)).expect("kannel provider")
+    KannelProvider::from_settings(settings, &instance()).expect("kannel provider")
 }
 
 async fn send(provider: &KannelProvider, text: &str) -> SendOutcome {
@@ -319,7 +328,7 @@ async fn messages_sent_through_smsrelay_reach_a_real_kannel_intact() {
         ..KannelSettings::default()
     });
     config.validate().expect("valid kannel config");
-    let provider: Arc<dyn Provider> = smsrelay::provider::from_config(&config).unwrap();
+    let provider: Arc<dyn Provider> = config.provider.build().unwrap();
     assert_eq!(provider.name(), "kannel");
     let app = smsrelay::app::Application::from_parts(&config, db.store(), provider);
 

@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::Engine;
-use smsrelay::config::{ProviderKind, Secret};
 use smsrelay::domain::phone::E164;
 use smsrelay::provider::twilio::{TwilioProvider, TwilioSettings};
 use smsrelay::provider::{OutboundSms, Provider, SendOutcome};
+use smsrelay::provider::{ProviderInstance, ProviderKind};
+use smsrelay::secrets::Secret;
 use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
@@ -31,8 +32,16 @@ fn settings(base_url: &str) -> TwilioSettings {
     }
 }
 
+fn instance(timeout: Duration) -> ProviderInstance {
+    ProviderInstance {
+        name: "twilio".into(),
+        timeout,
+    }
+}
+
 fn provider(settings: &TwilioSettings) -> TwilioProvider {
-    TwilioProvider::from_settings(settings, Duration::from_secs(5)).expect("twilio provider")
+    TwilioProvider::from_settings(settings, &instance(Duration::from_secs(5)))
+        .expect("twilio provider")
 }
 
 async fn send(provider: &TwilioProvider, text: &str) -> SendOutcome {
@@ -267,7 +276,7 @@ async fn the_dispatcher_sends_declines_and_keeps_retrying_as_twilio_answers() {
     config.provider.kind = ProviderKind::Twilio;
     config.provider.twilio = Some(settings(&server.uri()));
     config.validate().expect("valid twilio config");
-    let provider = smsrelay::provider::from_config(&config).unwrap();
+    let provider = config.provider.build().unwrap();
     assert_eq!(provider.name(), "twilio");
     let app = smsrelay::app::Application::from_parts(&config, db.store(), provider);
 
@@ -324,8 +333,11 @@ async fn a_timeout_is_transient_and_names_no_secret() {
         .respond_with(created("SMlate").set_delay(Duration::from_secs(3)))
         .mount(&server)
         .await;
-    let p = TwilioProvider::from_settings(&settings(&server.uri()), Duration::from_millis(300))
-        .unwrap();
+    let p = TwilioProvider::from_settings(
+        &settings(&server.uri()),
+        &instance(Duration::from_millis(300)),
+    )
+    .unwrap();
     let started = std::time::Instant::now();
     let outcome = send(&p, "hello").await;
     assert!(

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use smsrelay::config::{Config, ProviderKind};
+use smsrelay::Config;
 use smsrelay::dispatch::Dispatcher;
-use smsrelay::provider::Provider;
 use smsrelay::provider::webhook::WebhookProvider;
+use smsrelay::provider::{Provider, ProviderKind};
 use smsrelay::store::postgres::PgStore;
 use smsrelay::store::{Store, StoreOptions};
 use sqlx::postgres::PgPool;
@@ -170,7 +170,7 @@ impl Drop for TestDb {
 /// A config for tests: webhook provider at `provider_url`, fast retries.
 pub fn test_config(db: &TestDb, provider_url: &str) -> Config {
     let mut config = Config::default();
-    config.database.url = Some(smsrelay::config::Secret::new(db.url.clone()));
+    config.database.url = Some(smsrelay::secrets::Secret::new(db.url.clone()));
     config.provider.kind = ProviderKind::Webhook;
     config.provider.webhook.url = Some(provider_url.to_owned());
     config.provider.timeout = Duration::from_secs(5);
@@ -188,7 +188,10 @@ pub fn test_config(db: &TestDb, provider_url: &str) -> Config {
 
 /// The webhook provider pointed at a mock server.
 pub fn webhook(config: &Config) -> Arc<dyn Provider> {
-    Arc::new(WebhookProvider::from_config(config).expect("webhook provider"))
+    Arc::new(
+        WebhookProvider::from_settings(&config.provider.webhook, &config.provider.instance())
+            .expect("webhook provider"),
+    )
 }
 
 /// A dispatcher on the test database and mock provider.

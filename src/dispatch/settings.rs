@@ -1,0 +1,192 @@
+//! `[dispatch]` and `[validation]`: how the dispatcher claims, sends and
+//! retries, and what a message must satisfy before it is sent.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Options, Rules};
+use crate::config::{ConfigError, invalid};
+use crate::domain::phone::Region;
+use crate::domain::retry::RetryPolicy;
+
+/// `[dispatch]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchSettings {
+    /// Name written to `locked_by` and `sms_attempt.instance`; defaults to host-pid.
+    pub instance_id: Option<String>,
+    pub batch_size: u32,
+    pub concurrency: u32,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    pub backoff_multiplier: f64,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        Self {
+            instance_id: None,
+            batch_size: 64,
+            concurrency: 16,
+            poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(120),
+            max_attempts: 8,
+            backoff_initial: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(3600),
+            backoff_multiplier: 3.0,
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+impl DispatchSettings {
+    /// Checks what types alone cannot. `send_timeout` is the provider's
+    /// whole-request timeout, which bounds how long a batch can take.
+    pub fn validate(&self, send_timeout: Duration) -> Result<(), ConfigError> {
+        if self.batch_size == 0 {
+            return Err(invalid("dispatch.batch_size", "must be at least 1"));
+        }
+        if self.concurrency == 0 {
+            return Err(invalid("dispatch.concurrency", "must be at least 1"));
+        }
+        if self.max_attempts == 0 {
+            return Err(invalid("dispatch.max_attempts", "must be at least 1"));
+        }
+        if !(self.backoff_multiplier >= 1.0 && self.backoff_multiplier.is_finite()) {
+            return Err(invalid(
+                "dispatch.backoff_multiplier",
+                "must be a number >= 1",
+            ));
+        }
+        if self.backoff_initial > self.backoff_max {
+            return Err(invalid(
+                "dispatch.backoff_initial",
+                "must not exceed dispatch.backoff_max",
+            ));
+        }
+        if self.poll_interval.is_zero() {
+            return Err(invalid("dispatch.poll_interval", "must be more than 0s"));
+        }
+        if let Some(id) = &self.instance_id
+            && (id.is_empty() || id.len() > 200)
+        {
+            return Err(invalid(
+                "dispatch.instance_id",
+                "must be 1 to 200 characters",
+            ));
+        }
+        // A claimed batch must be sent and recorded before its lease runs out,
+        // or another instance would reclaim and send it again.
+        let rounds = self.batch_size.div_ceil(self.concurrency);
+        let worst_batch = send_timeout * rounds + Duration::from_secs(5);
+        if self.lease <= worst_batch {
+            return Err(invalid(
+                "dispatch.lease",
+                format!(
+                    "must exceed provider.timeout x ceil(batch_size / concurrency) + 5s = {}",
+                    humantime::format_duration(worst_batch)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The retry schedule these settings describe.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            initial: self.backoff_initial,
+            max: self.backoff_max,
+            multiplier: self.backoff_multiplier,
+        }
+    }
+
+    /// The instance id written to leases and attempts: the configured one, or
+    /// host-pid-random. The random part keeps two hosts that cannot read
+    /// their hostname (sandboxed /proc) from sharing an id and each other's leases.
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+                .iter()
+                .find_map(|path| {
+                    std::fs::read_to_string(path)
+                        .ok()
+                        .map(|h| h.trim().to_owned())
+                        .filter(|h| !h.is_empty())
+                })
+                .unwrap_or_else(|| "smsrelay".into());
+            format!(
+                "{host}-{}-{:06x}",
+                std::process::id(),
+                rand::random::<u32>() & 0xff_ffff
+            )
+        })
+    }
+
+    /// The dispatcher's options, with the instance id and the rules resolved.
+    pub fn options(&self, validation: &ValidationSettings) -> Options {
+        Options {
+            instance: self.instance_id(),
+            batch_size: self.batch_size,
+            concurrency: self.concurrency,
+            poll_interval: self.poll_interval,
+            lease: self.lease,
+            retry: self.retry_policy(),
+            shutdown_grace: self.shutdown_grace,
+            rules: validation.rules(),
+        }
+    }
+}
+
+/// `[validation]`: checks made before a message is handed to a provider.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationSettings {
+    /// ISO 3166-1 region for numbers stored in national form (e.g. "KE").
+    pub default_region: Option<String>,
+    /// Longer messages are declined, never truncated.
+    pub max_segments: u32,
+}
+
+impl Default for ValidationSettings {
+    fn default() -> Self {
+        Self {
+            default_region: None,
+            max_segments: 10,
+        }
+    }
+}
+
+impl ValidationSettings {
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(region) = &self.default_region {
+            region
+                .parse::<Region>()
+                .map_err(|e| invalid("validation.default_region", e.to_string()))?;
+        }
+        if self.max_segments == 0 {
+            return Err(invalid("validation.max_segments", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The rules the dispatcher and `POST /sms` apply (a region that does not
+    /// parse was refused by [`Self::validate`]).
+    pub fn rules(&self) -> Rules {
+        Rules {
+            default_region: self.default_region.as_deref().and_then(|r| r.parse().ok()),
+            max_segments: self.max_segments,
+        }
+    }
+}

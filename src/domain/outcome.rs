@@ -1,0 +1,395 @@
+//! The one outcome model: how an attempt ended (refused by validation,
+//! answered by a provider, or lost with its send task) becomes the next state,
+//! the attempt's recorded outcome and the reason an operator reads. Pure: the
+//! retry policy and the jitter are passed in, so every case can be tested
+//! without a clock, a random source or a provider.
+
+use std::time::Duration;
+
+use super::retry::{RetryDecision, RetryPolicy};
+use super::{AttemptOutcome, ClaimedSms, NextState, Outcome};
+
+/// How a provider answered one send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendOutcome {
+    /// Accepted for delivery.
+    Accepted {
+        provider_message_id: Option<String>,
+        http_status: Option<u16>,
+    },
+    /// Worth retrying later; `retry_after` is the provider's own request, if any.
+    Transient {
+        error: String,
+        http_status: Option<u16>,
+        retry_after: Option<Duration>,
+    },
+    /// Refused for good.
+    Permanent {
+        error: String,
+        http_status: Option<u16>,
+    },
+}
+
+/// Why a send task ended without the provider's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// Shutdown cut the request short; the provider may have received it.
+    Interrupted,
+    /// The task failed (a panic); nothing says whether the request went out.
+    Crashed,
+}
+
+/// How one claimed attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptEnd<'a> {
+    /// Validation refused the message; no request was made.
+    Refused {
+        reason: String,
+        segments: Option<u32>,
+    },
+    /// The provider named `provider` answered.
+    Answered {
+        provider: &'a str,
+        segments: u32,
+        answer: SendOutcome,
+    },
+    /// The request to `provider` started but its answer was lost.
+    Lost {
+        provider: &'a str,
+        segments: u32,
+        cause: Lost,
+    },
+}
+
+/// The next state, attempt outcome and reason for `sms` after `end`.
+/// `jitter` in [0, 1] places a retry under the policy's ceiling.
+pub fn settle(sms: &ClaimedSms, end: AttemptEnd<'_>, policy: &RetryPolicy, jitter: f64) -> Outcome {
+    let base = Outcome {
+        id: sms.id,
+        attempt: sms.attempt,
+        outcome: AttemptOutcome::Accepted,
+        next: NextState::Sent,
+        http_status: None,
+        provider_message_id: None,
+        provider: None,
+        error: None,
+        segments: None,
+        reason: String::new(),
+    };
+    match end {
+        AttemptEnd::Refused { reason, segments } => Outcome {
+            outcome: AttemptOutcome::Invalid,
+            next: NextState::Declined,
+            segments,
+            reason: format!("invalid: {reason}"),
+            error: Some(reason),
+            ..base
+        },
+        AttemptEnd::Answered {
+            provider,
+            segments,
+            answer,
+        } => {
+            let base = Outcome {
+                provider: Some(provider.to_owned()),
+                segments: Some(segments),
+                ..base
+            };
+            match answer {
+                SendOutcome::Accepted {
+                    provider_message_id,
+                    http_status,
+                } => Outcome {
+                    http_status,
+                    provider_message_id,
+                    reason: format!("accepted by provider {provider}"),
+                    ..base
+                },
+                SendOutcome::Permanent { error, http_status } => Outcome {
+                    outcome: AttemptOutcome::Permanent,
+                    next: NextState::Declined,
+                    http_status,
+                    reason: error.clone(),
+                    error: Some(error),
+                    ..base
+                },
+                SendOutcome::Transient {
+                    error,
+                    http_status,
+                    retry_after,
+                } => retry_or_fail(
+                    Outcome {
+                        outcome: AttemptOutcome::Transient,
+                        http_status,
+                        ..base
+                    },
+                    error,
+                    retry_after,
+                    policy,
+                    jitter,
+                ),
+            }
+        }
+        AttemptEnd::Lost {
+            provider,
+            segments,
+            cause,
+        } => {
+            let (outcome, error) = match cause {
+                Lost::Interrupted => (
+                    AttemptOutcome::Interrupted,
+                    "interrupted by shutdown; the provider may have received it",
+                ),
+                Lost::Crashed => (AttemptOutcome::Transient, "send task failed unexpectedly"),
+            };
+            let base = Outcome {
+                outcome,
+                provider: Some(provider.to_owned()),
+                segments: Some(segments),
+                ..base
+            };
+            retry_or_fail(base, error.to_owned(), None, policy, jitter)
+        }
+    }
+}
+
+/// A failure worth retrying: back to `pending` after the policy's delay, or
+/// `failed` once the attempts are used up.
+fn retry_or_fail(
+    base: Outcome,
+    error: String,
+    retry_after: Option<Duration>,
+    policy: &RetryPolicy,
+    jitter: f64,
+) -> Outcome {
+    match policy.after_transient(base.attempt, jitter, retry_after) {
+        RetryDecision::RetryAfter(after) => Outcome {
+            next: NextState::Retry(after),
+            reason: format!(
+                "{error}; retry in {}",
+                humantime::format_duration(round_to_millis(after))
+            ),
+            error: Some(error),
+            ..base
+        },
+        RetryDecision::GiveUp => Outcome {
+            next: NextState::Failed,
+            reason: format!("attempts exhausted after {} sends: {error}", base.attempt),
+            error: Some(error),
+            ..base
+        },
+    }
+}
+
+fn round_to_millis(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 3,
+            initial: Duration::from_secs(10),
+            max: Duration::from_secs(60),
+            multiplier: 2.0,
+        }
+    }
+
+    fn claimed(attempt: u32) -> ClaimedSms {
+        ClaimedSms {
+            id: 42,
+            attempt,
+            mobile_no: "+254700000001".into(),
+            message: "hello".into(),
+        }
+    }
+
+    fn answered(answer: SendOutcome) -> AttemptEnd<'static> {
+        AttemptEnd::Answered {
+            provider: "webhook",
+            segments: 1,
+            answer,
+        }
+    }
+
+    fn transient(retry_after: Option<Duration>) -> SendOutcome {
+        SendOutcome::Transient {
+            error: "provider answered HTTP 503".into(),
+            http_status: Some(503),
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn accepted_is_sent_and_names_the_provider() {
+        let o = settle(
+            &claimed(1),
+            answered(SendOutcome::Accepted {
+                provider_message_id: Some("p-1".into()),
+                http_status: Some(200),
+            }),
+            &policy(),
+            0.5,
+        );
+        assert_eq!((o.id, o.attempt), (42, 1));
+        assert_eq!(o.outcome, AttemptOutcome::Accepted);
+        assert_eq!(o.next, NextState::Sent);
+        assert_eq!(o.provider.as_deref(), Some("webhook"));
+        assert_eq!(o.provider_message_id.as_deref(), Some("p-1"));
+        assert_eq!(o.http_status, Some(200));
+        assert_eq!(o.segments, Some(1));
+        assert_eq!(o.error, None);
+        assert_eq!(o.reason, "accepted by provider webhook");
+    }
+
+    #[test]
+    fn permanent_is_declined_with_the_providers_error() {
+        let o = settle(
+            &claimed(1),
+            answered(SendOutcome::Permanent {
+                error: "provider refused the message: HTTP 400".into(),
+                http_status: Some(400),
+            }),
+            &policy(),
+            0.5,
+        );
+        assert_eq!(o.outcome, AttemptOutcome::Permanent);
+        assert_eq!(o.next, NextState::Declined);
+        assert_eq!(o.http_status, Some(400));
+        assert_eq!(
+            o.error.as_deref(),
+            Some("provider refused the message: HTTP 400")
+        );
+        assert_eq!(o.reason, "provider refused the message: HTTP 400");
+    }
+
+    #[test]
+    fn refusal_is_declined_without_a_provider() {
+        let end = AttemptEnd::Refused {
+            reason: "message is empty".into(),
+            segments: None,
+        };
+        let o = settle(&claimed(2), end, &policy(), 0.5);
+        assert_eq!(o.outcome, AttemptOutcome::Invalid);
+        assert_eq!(o.next, NextState::Declined);
+        assert_eq!(o.provider, None);
+        assert_eq!(o.error.as_deref(), Some("message is empty"));
+        assert_eq!(o.reason, "invalid: message is empty");
+    }
+
+    #[test]
+    fn transient_retries_with_the_jittered_delay() {
+        let o = settle(&claimed(1), answered(transient(None)), &policy(), 0.5);
+        assert_eq!(o.outcome, AttemptOutcome::Transient);
+        assert_eq!(o.next, NextState::Retry(Duration::from_secs(5)));
+        assert_eq!(o.http_status, Some(503));
+        assert_eq!(o.reason, "provider answered HTTP 503; retry in 5s");
+    }
+
+    #[test]
+    fn transient_on_the_last_attempt_fails() {
+        let o = settle(&claimed(3), answered(transient(None)), &policy(), 0.5);
+        assert_eq!(o.outcome, AttemptOutcome::Transient);
+        assert_eq!(o.next, NextState::Failed);
+        assert_eq!(
+            o.reason,
+            "attempts exhausted after 3 sends: provider answered HTTP 503"
+        );
+    }
+
+    #[test]
+    fn interrupted_is_recorded_as_such_and_retried() {
+        let end = AttemptEnd::Lost {
+            provider: "webhook",
+            segments: 2,
+            cause: Lost::Interrupted,
+        };
+        let o = settle(&claimed(1), end, &policy(), 1.0);
+        assert_eq!(o.outcome, AttemptOutcome::Interrupted);
+        assert_eq!(o.next, NextState::Retry(Duration::from_secs(10)));
+        assert_eq!(o.provider.as_deref(), Some("webhook"));
+        assert_eq!(o.segments, Some(2));
+        assert_eq!(
+            o.error.as_deref(),
+            Some("interrupted by shutdown; the provider may have received it")
+        );
+    }
+
+    #[test]
+    fn crashed_task_counts_as_transient() {
+        let end = AttemptEnd::Lost {
+            provider: "webhook",
+            segments: 1,
+            cause: Lost::Crashed,
+        };
+        let o = settle(&claimed(3), end, &policy(), 1.0);
+        assert_eq!(o.outcome, AttemptOutcome::Transient);
+        assert_eq!(o.next, NextState::Failed);
+        assert_eq!(
+            o.reason,
+            "attempts exhausted after 3 sends: send task failed unexpectedly"
+        );
+    }
+
+    fn any_end() -> impl Strategy<Value = AttemptEnd<'static>> {
+        let answer = prop_oneof![
+            Just(SendOutcome::Accepted {
+                provider_message_id: None,
+                http_status: Some(202)
+            }),
+            Just(SendOutcome::Permanent {
+                error: "refused".into(),
+                http_status: Some(422)
+            }),
+            proptest::option::of(0u64..7200).prop_map(|s| transient(s.map(Duration::from_secs))),
+        ];
+        prop_oneof![
+            Just(AttemptEnd::Refused {
+                reason: "bad number".into(),
+                segments: None
+            }),
+            (answer, 1u32..10).prop_map(|(answer, segments)| AttemptEnd::Answered {
+                provider: "webhook",
+                segments,
+                answer
+            }),
+            prop_oneof![Just(Lost::Interrupted), Just(Lost::Crashed)].prop_map(|cause| {
+                AttemptEnd::Lost {
+                    provider: "webhook",
+                    segments: 1,
+                    cause,
+                }
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_end_is_consistent(attempt in 1u32..6, jitter in 0.0f64..=1.0, end in any_end()) {
+            let p = policy();
+            let o = settle(&claimed(attempt), end.clone(), &p, jitter);
+            prop_assert_eq!((o.id, o.attempt), (42, attempt));
+            // Only a refusal was never offered to a provider.
+            prop_assert_eq!(o.provider.is_none(), matches!(end, AttemptEnd::Refused { .. }));
+            prop_assert!(!o.reason.is_empty());
+            match o.next {
+                NextState::Sent => prop_assert_eq!(o.outcome, AttemptOutcome::Accepted),
+                NextState::Declined => prop_assert!(matches!(
+                    o.outcome,
+                    AttemptOutcome::Permanent | AttemptOutcome::Invalid
+                )),
+                NextState::Retry(after) => {
+                    prop_assert!(attempt < p.max_attempts);
+                    prop_assert!(after <= p.ceiling(attempt).max(crate::domain::retry::MAX_RETRY_AFTER));
+                }
+                NextState::Failed => prop_assert!(attempt >= p.max_attempts),
+            }
+            // Every failure says what went wrong; success says nothing.
+            prop_assert_eq!(o.error.is_none(), o.outcome == AttemptOutcome::Accepted);
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The whole configuration: one section per part of the daemon, each defined
+//! and checked by the part that uses it. [`crate::config`] loads it
+//! (defaults, file, environment); this module only gathers the sections and
+//! checks what spans two of them.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::settings::ApiSettings;
+use crate::config::ConfigError;
+use crate::dispatch::{DispatchSettings, ValidationSettings};
+use crate::housekeeping::HousekeepingSettings;
+use crate::provider::ProviderSettings;
+use crate::store::{DatabaseSettings, DirectoryQueries, StoreOptions};
+use crate::telemetry::LogSettings;
+
+/// The whole effective configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub database: DatabaseSettings,
+    pub dispatch: DispatchSettings,
+    pub validation: ValidationSettings,
+    pub provider: ProviderSettings,
+    pub housekeeping: HousekeepingSettings,
+    pub directory: DirectoryQueries,
+    pub api: ApiSettings,
+    pub log: LogSettings,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `SMSRELAY_*__*` variables, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let config: Config = crate::config::load(file)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Asks each part to check its section.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.database.validate()?;
+        // The provider's timeout bounds a batch, so the lease depends on it.
+        self.dispatch.validate(self.provider.timeout)?;
+        self.provider.validate()?;
+        self.validation.validate()?;
+        self.housekeeping.validate()?;
+        self.api.validate()?;
+        self.log.validate()
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        crate::config::to_toml(self)
+    }
+
+    /// How to open the store, with the URL resolved.
+    pub fn store_options(&self) -> Result<StoreOptions, ConfigError> {
+        StoreOptions::from_settings(&self.database, &self.directory)
+    }
+}

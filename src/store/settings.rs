@@ -1,0 +1,78 @@
+//! `[database]`: where the outbox lives, and how the pool reaches it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Dialect, DirectoryQueries, StoreOptions};
+use crate::config::{ConfigError, invalid};
+use crate::secrets::{Secret, resolve_secret};
+
+/// The database used when neither `url` nor `url_credential` is set: an
+/// SQLite file in the working directory, created and migrated on first start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://smsrelay.db";
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// Connection URL (`postgres://`, `mysql://`/`mariadb://`, `sqlite://path`);
+    /// a secret, so prefer `url_credential` in production. Neither set:
+    /// [`DEFAULT_DATABASE_URL`].
+    pub url: Option<Secret>,
+    /// Name of a systemd credential (`LoadCredential=`) holding the URL.
+    pub url_credential: Option<String>,
+    pub pool_size: u32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            url_credential: None,
+            pool_size: 10,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl DatabaseSettings {
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.url {
+            Dialect::of_url(url.expose()).map_err(|e| invalid("database.url", e.to_string()))?;
+        }
+        if self.pool_size == 0 {
+            return Err(invalid("database.pool_size", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The database URL: from the config, from a systemd credential, or
+    /// [`DEFAULT_DATABASE_URL`] when neither is set.
+    pub fn url(&self) -> Result<Secret, ConfigError> {
+        resolve_secret(
+            "database.url_credential",
+            self.url.as_ref(),
+            self.url_credential.as_deref(),
+        )
+        .map(|s| s.unwrap_or_else(|| Secret::new(DEFAULT_DATABASE_URL)))
+    }
+}
+
+impl StoreOptions {
+    /// How to open the store, with the URL resolved.
+    pub fn from_settings(
+        database: &DatabaseSettings,
+        directory: &DirectoryQueries,
+    ) -> Result<Self, ConfigError> {
+        Ok(StoreOptions {
+            url: database.url()?.expose().to_owned(),
+            pool_size: database.pool_size,
+            connect_timeout: database.connect_timeout,
+            directory: directory.clone(),
+        })
+    }
+}
