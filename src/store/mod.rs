@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::domain::report::{DeliveryReport, ReportApplied};
+
 use time::OffsetDateTime;
 
 pub use settings::{DEFAULT_DATABASE_URL, DatabaseSettings};
@@ -319,6 +321,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// A message's status transitions, oldest first.
     async fn events(&self, id: i64) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Applies a provider's final delivery report in one transaction: `sent`
+    /// becomes `delivered` / `undelivered` with an event; anything else is
+    /// left as it is and said so (see [`ReportApplied`]).
+    async fn apply_delivery_report(
+        &self,
+        report: &DeliveryReport,
+    ) -> Result<ReportApplied, StoreError>;
 }
 
 /// The database family a URL names.

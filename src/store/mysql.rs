@@ -25,6 +25,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+use crate::domain::report::{self, DeliveryReport, ReportApplied};
 use serde::Serialize;
 use sqlx::migrate::Migrator;
 use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
@@ -506,6 +508,49 @@ impl MySqlStore {
 
 #[async_trait]
 impl Store for MySqlStore {
+    async fn apply_delivery_report(
+        &self,
+        report: &DeliveryReport,
+    ) -> Result<ReportApplied, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // FOR UPDATE: a duplicate report arriving at the same time waits, then
+        // sees the final status and changes nothing.
+        let row: Option<(String, i32)> =
+            sqlx::query_as("SELECT status, attempts FROM sms WHERE id = ? FOR UPDATE")
+                .bind(report.sms_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((status, attempts)) = row else {
+            return Ok(ReportApplied::Unknown);
+        };
+        let status = parse_status(report.sms_id, &status)?;
+        let decision = report::decide(status, to_u32(Some(attempts)).unwrap_or(0), report);
+        if decision != ReportApplied::Applied {
+            return Ok(decision);
+        }
+        let to = report.outcome.status().as_str();
+        sqlx::query(
+            "UPDATE sms SET status = ?, updated_at = UTC_TIMESTAMP(6),
+                 delivered_at = CASE WHEN ? = 'delivered' THEN UTC_TIMESTAMP(6) ELSE delivered_at END
+             WHERE id = ?",
+        )
+        .bind(to)
+        .bind(to)
+        .bind(report.sms_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO sms_event (sms_id, from_status, to_status, reason) VALUES (?, 'sent', ?, ?)",
+        )
+        .bind(report.sms_id)
+        .bind(to)
+        .bind(&report.reason)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ReportApplied::Applied)
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         let version: String = sqlx::query_scalar("SELECT VERSION()")
             .fetch_one(&self.pool)

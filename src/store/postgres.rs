@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+use crate::domain::report::{self, DeliveryReport, ReportApplied};
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 
@@ -353,6 +355,48 @@ pub(crate) fn sms_from_row(row: &PgRow) -> Result<SmsRecord, StoreError> {
 
 #[async_trait]
 impl Store for PgStore {
+    async fn apply_delivery_report(
+        &self,
+        report: &DeliveryReport,
+    ) -> Result<ReportApplied, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // FOR UPDATE: a duplicate report arriving at the same time waits, then
+        // sees the final status and changes nothing.
+        let row: Option<(String, i32)> =
+            sqlx::query_as("SELECT status, attempts FROM sms WHERE id = $1 FOR UPDATE")
+                .bind(report.sms_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((status, attempts)) = row else {
+            return Ok(ReportApplied::Unknown);
+        };
+        let status = super::batch::parse_status(report.sms_id, &status)?;
+        let decision = report::decide(status, to_u32(Some(attempts)).unwrap_or(0), report);
+        if decision != ReportApplied::Applied {
+            return Ok(decision);
+        }
+        let to = report.outcome.status().as_str();
+        sqlx::query(
+            "UPDATE sms SET status = $2, updated_at = now(),
+                 delivered_at = CASE WHEN $2 = 'delivered' THEN now() ELSE delivered_at END
+             WHERE id = $1",
+        )
+        .bind(report.sms_id)
+        .bind(to)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO sms_event (sms_id, from_status, to_status, reason) VALUES ($1, 'sent', $2, $3)",
+        )
+        .bind(report.sms_id)
+        .bind(to)
+        .bind(&report.reason)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ReportApplied::Applied)
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::migrate!("./migrations/postgres")
             .run(&self.pool)

@@ -21,6 +21,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+use crate::domain::report::{self, DeliveryReport, ReportApplied};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -405,6 +407,51 @@ fn push_filter(sql: &mut QueryBuilder<Sqlite>, query: &SmsQuery, keyset: bool) {
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn apply_delivery_report(
+        &self,
+        report: &DeliveryReport,
+    ) -> Result<ReportApplied, StoreError> {
+        // BEGIN IMMEDIATE takes the write lock first: a duplicate report arriving
+        // at the same time waits, then sees the final status and changes nothing.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_ms();
+        let row: Option<(String, i32)> =
+            sqlx::query_as("SELECT status, attempts FROM sms WHERE id = ?1")
+                .bind(report.sms_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((status, attempts)) = row else {
+            return Ok(ReportApplied::Unknown);
+        };
+        let status = parse_status(report.sms_id, &status)?;
+        let decision = report::decide(status, to_u32(Some(attempts)).unwrap_or(0), report);
+        if decision != ReportApplied::Applied {
+            return Ok(decision);
+        }
+        let to = report.outcome.status().as_str();
+        sqlx::query(
+            "UPDATE sms SET status = ?2, updated_at = ?3,
+                 delivered_at = CASE WHEN ?2 = 'delivered' THEN ?3 ELSE delivered_at END
+             WHERE id = ?1",
+        )
+        .bind(report.sms_id)
+        .bind(to)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO sms_event (sms_id, from_status, to_status, occurred_at, reason) VALUES (?1, 'sent', ?2, ?3, ?4)",
+        )
+        .bind(report.sms_id)
+        .bind(to)
+        .bind(now)
+        .bind(&report.reason)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ReportApplied::Applied)
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         match MIGRATOR.run(&self.pool).await {
             Ok(()) => Ok(()),

@@ -132,6 +132,12 @@ impl Store for TimedStore {
     async fn events(&self, id: i64) -> Result<Vec<EventRecord>, StoreError> {
         self.inner.events(id).await
     }
+    async fn apply_delivery_report(
+        &self,
+        report: &smsrelay::domain::report::DeliveryReport,
+    ) -> Result<smsrelay::domain::report::ReportApplied, StoreError> {
+        self.inner.apply_delivery_report(report).await
+    }
 }
 
 /// A provider that accepts everything at once: `{"id": "prov-<sms id>"}`, nothing recorded
