@@ -9,10 +9,14 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use super::webhook::{describe_request_error, retry_after};
-use super::{OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome};
+use super::{
+    CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome,
+};
 use crate::config::{ConfigError, invalid};
+use crate::domain::report::{DeliveryReport, ReportApplied, ReportOutcome};
 use crate::domain::segments::{Encoding, count_segments};
 use crate::secrets::{Secret, resolve_secret};
+use subtle::ConstantTimeEq;
 
 /// Every delivery report Kannel can send: delivered (1), not delivered (2),
 /// queued on the SMSC (4), delivered to the SMSC (8), rejected by the SMSC (16).
@@ -246,6 +250,21 @@ impl Provider for KannelProvider {
         &self.name
     }
 
+    /// `GET|POST /callbacks/<name>`: Kannel's delivery reports, when requested.
+    fn callback_routes(&self, context: &CallbackContext) -> Option<axum::Router> {
+        let (_, secret) = self.reports.as_ref()?;
+        let state = ReportState {
+            context: context.clone(),
+            secret: secret.clone(),
+            provider: self.name.clone(),
+        };
+        Some(
+            axum::Router::new()
+                .route("/", axum::routing::get(report).post(report))
+                .with_state(state),
+        )
+    }
+
     async fn send(&self, sms: &OutboundSms<'_>) -> SendOutcome {
         let response = match self.client.get(self.request_url(sms)).send().await {
             Ok(response) => response,
@@ -261,6 +280,87 @@ impl Provider for KannelProvider {
         let retry_after = retry_after(response.headers());
         let body = response.text().await.unwrap_or_default();
         classify(status, &body, retry_after)
+    }
+}
+
+/// What the report route needs.
+#[derive(Clone)]
+struct ReportState {
+    context: CallbackContext,
+    secret: Secret,
+    provider: String,
+}
+
+/// The query our dlr-url carries, `type` filled in by Kannel.
+#[derive(Deserialize)]
+struct ReportQuery {
+    sms_id: Option<String>,
+    attempt: Option<String>,
+    secret: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// What a Kannel report type (`%d`) means: 1 delivered to the phone; 2 not
+/// delivered, 16 rejected by the SMSC; 4 queued on / 8 delivered to the SMSC
+/// are on the way and change nothing.
+fn report_outcome(kind: u32) -> Option<ReportOutcome> {
+    match kind {
+        1 => Some(ReportOutcome::Delivered),
+        2 | 16 => Some(ReportOutcome::Undelivered),
+        _ => None,
+    }
+}
+
+/// One delivery report. 403 without the secret; 400 for a malformed one;
+/// 503 while the message is not recorded `sent` yet or the database is down
+/// (Kannel retries with `http-request-retry`); 200 otherwise, also for an
+/// unknown message, so that Kannel stops retrying.
+async fn report(
+    axum::extract::State(state): axum::extract::State<ReportState>,
+    axum::extract::Query(query): axum::extract::Query<ReportQuery>,
+) -> (axum::http::StatusCode, &'static str) {
+    use axum::http::StatusCode;
+    let given = query.secret.unwrap_or_default();
+    let authentic: bool = given
+        .as_bytes()
+        .ct_eq(state.secret.expose().as_bytes())
+        .into();
+    if given.is_empty() || !authentic {
+        return (StatusCode::FORBIDDEN, "bad or missing secret\n");
+    }
+    let parse = |v: Option<String>| v.and_then(|v| v.trim().parse::<u32>().ok());
+    let sms_id = query.sms_id.and_then(|v| v.trim().parse::<i64>().ok());
+    let (Some(sms_id), Some(attempt), Some(kind)) =
+        (sms_id, parse(query.attempt), parse(query.kind))
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "sms_id, attempt and type must be numbers\n",
+        );
+    };
+    let Some(outcome) = report_outcome(kind) else {
+        return (StatusCode::OK, "intermediate report, nothing to change\n");
+    };
+    let report = DeliveryReport {
+        sms_id,
+        attempt,
+        outcome,
+        reason: format!("{} delivery report type {kind}", state.provider),
+    };
+    match state.context.store.apply_delivery_report(&report).await {
+        Ok(ReportApplied::NotYetSent) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "send outcome not recorded yet; try again\n",
+        ),
+        Ok(applied) => {
+            tracing::info!(sms_id, attempt, kind, ?applied, "delivery report");
+            (StatusCode::OK, "ok\n")
+        }
+        Err(e) => {
+            tracing::warn!(sms_id, error = %e, "delivery report not stored; Kannel will retry");
+            (StatusCode::SERVICE_UNAVAILABLE, "not stored; try again\n")
+        }
     }
 }
 

@@ -466,3 +466,89 @@ async fn queued_for_later_delivery_counts_as_sent_and_is_delivered_once_an_smsc_
     assert_eq!(ours.len(), 1);
     assert_eq!(ours[0].text(), "kept by bearerbox");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kannels_delivery_reports_drive_messages_to_delivered() {
+    let gateway = Kannel::start().await;
+    let db = TestDb::new().await;
+    let mut config = test_config(&db, "http://127.0.0.1:9/unused");
+    // The API must be known before the provider is built: its address is the dlr-url base.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    config.api.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    config.provider.kind = ProviderKind::Kannel;
+    config.provider.kannel = Some(KannelSettings {
+        url: gateway.sendsms_url.clone(),
+        username: kannel::USERNAME.into(),
+        password: Some(Secret::new(kannel::PASSWORD)),
+        dlr_url_base: Some(base.clone()),
+        callback_secret: Some(Secret::new(SECRET)),
+        ..KannelSettings::default()
+    });
+    config.validate().expect("valid kannel config");
+    let provider = config.provider.build().unwrap();
+    let app = smsrelay::app::Application::from_parts(&config, db.store(), provider)
+        .with_api(&config)
+        .unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(stop.clone()));
+
+    let cyrillic = db.insert(1, "+254712345678", "Платёж получен").await;
+    let long: String = "x".repeat(400);
+    let three = db.insert(2, "+254712345679", &long).await;
+    let delivered = eventually(Duration::from_secs(30), || async {
+        db.status(cyrillic).await == "delivered" && db.status(three).await == "delivered"
+    })
+    .await;
+    assert!(
+        delivered,
+        "{} / {}\n{}",
+        db.status(cyrillic).await,
+        db.status(three).await,
+        gateway.logs()
+    );
+    let sms = smsrelay::store::Store::get(&*db.store, cyrillic)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(sms.delivered_at.is_some());
+    let last = db.transitions(cyrillic).await.pop().unwrap();
+    assert_eq!(last, ("sent".to_owned(), "delivered".to_owned()));
+
+    // The route itself: the secret is required, a malformed report is refused,
+    // one for an unknown message is answered so that Kannel stops retrying.
+    let http = reqwest::Client::new();
+    let get = |query: String| {
+        let http = http.clone();
+        let url = format!("{base}/callbacks/kannel?{query}");
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
+    let id = cyrillic;
+    assert_eq!(get(format!("sms_id={id}&attempt=1&type=2")).await, 403);
+    assert_eq!(
+        get(format!(
+            "sms_id={id}&attempt=1&secret=wrong-secret-000000&type=2"
+        ))
+        .await,
+        403
+    );
+    assert_eq!(
+        get(format!("sms_id=x&attempt=1&secret={SECRET}&type=2")).await,
+        400
+    );
+    assert_eq!(
+        get(format!("sms_id=999999&attempt=1&secret={SECRET}&type=1")).await,
+        200
+    );
+    // A late "not delivered" after "delivered" changes nothing.
+    assert_eq!(
+        get(format!("sms_id={id}&attempt=1&secret={SECRET}&type=2")).await,
+        200
+    );
+    assert_eq!(db.status(id).await, "delivered");
+    stop.cancel();
+}
