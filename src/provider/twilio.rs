@@ -13,8 +13,11 @@ use subtle::ConstantTimeEq;
 use std::sync::Arc;
 
 use super::webhook::{describe_request_error, retry_after};
-use super::{OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome};
+use super::{
+    CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome,
+};
 use crate::config::{ConfigError, invalid};
+use crate::domain::report::{DeliveryReport, ReportApplied, ReportOutcome};
 use crate::secrets::{Secret, resolve_secret};
 
 /// Twilio's API host; tests point `base_url` at a local server instead.
@@ -99,7 +102,13 @@ impl TwilioSettings {
         }
         parse_http_url(&k("base_url"), &self.base_url)?;
         if let Some(url) = &self.status_callback_url {
-            parse_http_url(&k("status_callback_url"), url)?;
+            let parsed = parse_http_url(&k("status_callback_url"), url)?;
+            if parsed.query().is_some() || parsed.fragment().is_some() {
+                return Err(invalid(
+                    k("status_callback_url"),
+                    "must not carry a query or fragment: smsrelay adds the message id and attempt",
+                ));
+            }
         }
         Ok(())
     }
@@ -204,6 +213,21 @@ impl Provider for TwilioProvider {
         &self.name
     }
 
+    /// `POST /callbacks/<name>`: Twilio's status callbacks, when requested.
+    fn callback_routes(&self, context: &CallbackContext) -> Option<axum::Router> {
+        let url = self.status_callback_url.clone()?;
+        let state = CallbackState {
+            context: context.clone(),
+            auth_token: self.auth_token.clone(),
+            url,
+        };
+        Some(
+            axum::Router::new()
+                .route("/", axum::routing::post(status_callback))
+                .with_state(state),
+        )
+    }
+
     async fn send(&self, sms: &OutboundSms<'_>) -> SendOutcome {
         let mut form: Vec<(&str, &str)> = vec![("To", sms.to.as_str())];
         match &self.sender {
@@ -211,7 +235,12 @@ impl Provider for TwilioProvider {
             Sender::MessagingService(sid) => form.push(("MessagingServiceSid", sid)),
         }
         form.push(("Body", sms.message));
-        if let Some(url) = &self.status_callback_url {
+        // Our id and attempt ride in the callback URL, which the signature covers.
+        let callback = self
+            .status_callback_url
+            .as_ref()
+            .map(|url| format!("{url}?sms_id={}&attempt={}", sms.id, sms.attempt));
+        if let Some(url) = &callback {
             form.push(("StatusCallback", url));
         }
         let request = self
@@ -250,6 +279,105 @@ impl Provider for TwilioProvider {
             .ok()
             .and_then(|e| e.code);
         classify_error(status, code, retry_after)
+    }
+}
+
+/// What the status callback route needs.
+#[derive(Clone)]
+struct CallbackState {
+    context: CallbackContext,
+    auth_token: Secret,
+    /// `status_callback_url` as configured: what Twilio signs, with our query.
+    url: String,
+}
+
+/// What a `MessageStatus` means: `delivered`, `undelivered` / `failed` are
+/// final; `queued`, `sending`, `sent`, ... are on the way and change nothing.
+fn callback_outcome(status: &str) -> Option<ReportOutcome> {
+    match status {
+        "delivered" => Some(ReportOutcome::Delivered),
+        "undelivered" | "failed" => Some(ReportOutcome::Undelivered),
+        _ => None,
+    }
+}
+
+/// One status callback. 403 unless `X-Twilio-Signature` signs this URL and
+/// these parameters; 400 for a malformed one; 503 while the message is not
+/// recorded `sent` yet or the database is down (Twilio retries); 200 otherwise,
+/// unknown messages included.
+async fn status_callback(
+    axum::extract::State(state): axum::extract::State<CallbackState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> (axum::http::StatusCode, &'static str) {
+    use axum::http::StatusCode;
+    let query = query.unwrap_or_default();
+    let url = if query.is_empty() {
+        state.url.clone()
+    } else {
+        format!("{}?{query}", state.url)
+    };
+    let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let header = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !verify_signature(state.auth_token.expose(), &url, &params, header) {
+        return (StatusCode::FORBIDDEN, "bad or missing X-Twilio-Signature\n");
+    }
+    let ours: std::collections::HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let sms_id = ours.get("sms_id").and_then(|v| v.parse::<i64>().ok());
+    let attempt = ours.get("attempt").and_then(|v| v.parse::<u32>().ok());
+    let (Some(sms_id), Some(attempt), Some(status)) = (sms_id, attempt, param("MessageStatus"))
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "sms_id, attempt and MessageStatus are required\n",
+        );
+    };
+    let Some(outcome) = callback_outcome(status) else {
+        return (StatusCode::OK, "intermediate status, nothing to change\n");
+    };
+    // Only digits of the error code: nothing else from the callback is stored.
+    let code: String = param("ErrorCode")
+        .unwrap_or("")
+        .chars()
+        .filter(char::is_ascii_digit)
+        .take(10)
+        .collect();
+    let reason = if code.is_empty() {
+        format!("twilio status {status}")
+    } else {
+        format!("twilio status {status}, error {code}")
+    };
+    let report = DeliveryReport {
+        sms_id,
+        attempt,
+        outcome,
+        reason,
+    };
+    match state.context.store.apply_delivery_report(&report).await {
+        Ok(ReportApplied::NotYetSent) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "send outcome not recorded yet; try again\n",
+        ),
+        Ok(applied) => {
+            tracing::info!(sms_id, attempt, status, ?applied, "delivery report");
+            (StatusCode::OK, "ok\n")
+        }
+        Err(e) => {
+            tracing::warn!(sms_id, error = %e, "delivery report not stored");
+            (StatusCode::SERVICE_UNAVAILABLE, "not stored; try again\n")
+        }
     }
 }
 

@@ -107,7 +107,7 @@ async fn a_message_is_one_form_post_with_basic_auth_and_the_sid_comes_back() {
             ("Body".to_owned(), "Malipo yamepokelewa ✓ 100%".to_owned()),
             (
                 "StatusCallback".to_owned(),
-                "https://sms.example.com/callbacks/twilio".to_owned()
+                "https://sms.example.com/callbacks/twilio?sms_id=77&attempt=1".to_owned()
             ),
         ]
     );
@@ -354,4 +354,113 @@ async fn a_timeout_is_transient_and_names_no_secret() {
         }
         other => panic!("a timeout must be retried: {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_status_callbacks_move_messages_and_unsigned_ones_are_refused() {
+    let twilio = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(MESSAGES))
+        .respond_with(created("SM00000000000000000000000000000009"))
+        .mount(&twilio)
+        .await;
+    let db = TestDb::new().await;
+    let mut config = test_config(&db, "http://127.0.0.1:9/unused");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    config.api.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let callback = format!("http://127.0.0.1:{port}/callbacks/twilio");
+    let mut s = settings(&twilio.uri());
+    s.status_callback_url = Some(callback.clone());
+    config.provider.kind = ProviderKind::Twilio;
+    config.provider.twilio = Some(s);
+    config.validate().unwrap();
+    let provider = config.provider.build().unwrap();
+    let app = smsrelay::app::Application::from_parts(&config, db.store(), provider)
+        .with_api(&config)
+        .unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(stop.clone()));
+
+    let id = db.insert(1, "+254712345678", "hello").await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            db.status(id).await == "sent"
+        })
+        .await
+    );
+    // The URL Twilio was given, exactly, is what it calls and signs.
+    let requests = twilio.received_requests().await.unwrap();
+    let given: HashMap<String, String> = form_of(&requests[0]).into_iter().collect();
+    let url = given["StatusCallback"].clone();
+    assert_eq!(url, format!("{callback}?sms_id={id}&attempt=1"));
+
+    let http = reqwest::Client::new();
+    let post = |status: &str, signature: Option<String>| {
+        let params = vec![
+            ("AccountSid".to_owned(), SID.to_owned()),
+            ("ErrorCode".to_owned(), "30003".to_owned()),
+            ("From".to_owned(), "+15005550006".to_owned()),
+            (
+                "MessageSid".to_owned(),
+                "SM00000000000000000000000000000009".to_owned(),
+            ),
+            ("MessageStatus".to_owned(), status.to_owned()),
+            ("To".to_owned(), "+254712345678".to_owned()),
+        ];
+        let mut request = http.post(&url).form(&params);
+        if let Some(signature) = signature {
+            request = request.header("X-Twilio-Signature", signature);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let sign = |status: &str| {
+        let params = vec![
+            ("AccountSid".to_owned(), SID.to_owned()),
+            ("ErrorCode".to_owned(), "30003".to_owned()),
+            ("From".to_owned(), "+15005550006".to_owned()),
+            (
+                "MessageSid".to_owned(),
+                "SM00000000000000000000000000000009".to_owned(),
+            ),
+            ("MessageStatus".to_owned(), status.to_owned()),
+            ("To".to_owned(), "+254712345678".to_owned()),
+        ];
+        smsrelay::provider::twilio::signature(TOKEN, &url, &params)
+    };
+
+    assert_eq!(post("undelivered", None).await, 403, "missing signature");
+    assert_eq!(
+        post("undelivered", Some("bm90IGl0".into())).await,
+        403,
+        "bad signature"
+    );
+    // Signed for another status: the parameters are covered too.
+    assert_eq!(post("undelivered", Some(sign("delivered"))).await, 403);
+    assert_eq!(
+        db.status(id).await,
+        "sent",
+        "refused callbacks change nothing"
+    );
+
+    assert_eq!(post("sent", Some(sign("sent"))).await, 200, "intermediate");
+    assert_eq!(db.status(id).await, "sent");
+    assert_eq!(post("undelivered", Some(sign("undelivered"))).await, 200);
+    assert_eq!(db.status(id).await, "undelivered");
+    let last = db.transitions(id).await.pop().unwrap();
+    assert_eq!(last, ("sent".to_owned(), "undelivered".to_owned()));
+    // Twilio sends duplicates and out of order: neither moves it again.
+    assert_eq!(post("undelivered", Some(sign("undelivered"))).await, 200);
+    assert_eq!(post("delivered", Some(sign("delivered"))).await, 200);
+    assert_eq!(db.status(id).await, "undelivered");
+    assert_eq!(
+        db.transitions(id).await.len(),
+        3,
+        "{:?}",
+        db.transitions(id).await
+    );
+    stop.cancel();
 }
