@@ -16,6 +16,12 @@
 #   3. a throwaway server on a free port in a temp dir, installed with apt-get
 #      if its binaries are missing, and always stopped and deleted on exit.
 #
+# Kannel: the tests start their own bearerbox + smsbox + fakesmsc on free
+# loopback ports (tests/support/kannel.rs); this script only makes sure the
+# binaries exist, installing Debian's kannel and kannel-extras when missing.
+# Where they cannot be installed it fails and says why: the Kannel tests would
+# fail anyway, later and less clearly.
+#
 # Knobs:
 #   SMSRELAY_TEST_THROWAWAY=1       skip 1 and 2: always start throwaway servers
 #   SMSRELAY_TEST_ONLY_PROVISION=1  provision, check connectivity, clean up, exit
@@ -314,10 +320,33 @@ provision_mariadb() {
     log "MariaDB: started throwaway server: $MYSQL_URL (dir $MY_TMP)"
 }
 
+# --- Kannel ------------------------------------------------------------------
+
+# Where Debian's kannel-extras puts the test SMSC (it is not on PATH).
+FAKESMSC=/usr/lib/kannel/test/fakesmsc
+
+kannel_present() {
+    { have bearerbox || [[ -x /usr/sbin/bearerbox ]]; } &&
+        { have smsbox || [[ -x /usr/sbin/smsbox ]]; } && [[ -x $FAKESMSC ]]
+}
+
+provision_kannel() {
+    if kannel_present; then
+        log "Kannel: bearerbox, smsbox and fakesmsc are installed"
+        return 0
+    fi
+    log "Kannel: bearerbox/smsbox/fakesmsc missing; installing Debian's kannel and kannel-extras"
+    have apt-get || die "Kannel is needed by the Kannel provider tests (bearerbox, smsbox, $FAKESMSC) but is not installed and apt-get is not available: install Kannel 1.4 with its test SMSC fakesmsc by hand"
+    ((EUID == 0)) || die "Kannel is needed by the Kannel provider tests but is not installed, and installing it with apt-get needs root: run 'sudo apt-get install kannel kannel-extras' once"
+    apt_install kannel kannel-extras
+    kannel_present || die "kannel and kannel-extras installed, but bearerbox, smsbox or $FAKESMSC is still missing"
+}
+
 # --- main --------------------------------------------------------------------
 
 provision_pg
 provision_mariadb
+provision_kannel
 export DATABASE_URL MYSQL_URL
 [[ -n ${CI+set} ]] && export CI
 log "CI=${CI-<unset>}"

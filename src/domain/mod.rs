@@ -2,6 +2,7 @@
 
 pub mod outcome;
 pub mod phone;
+pub mod report;
 pub mod retry;
 pub mod segments;
 pub mod status;

@@ -31,7 +31,9 @@
 //!
 //! Nothing in the dispatcher, the API, the store or the config loader changes.
 
+pub mod kannel;
 pub mod log;
+pub mod twilio;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -124,6 +126,10 @@ pub enum ProviderKind {
     Log,
     /// POSTs JSON to a URL of your own.
     Webhook,
+    /// A Kannel smsbox.
+    Kannel,
+    /// Twilio Programmable Messaging.
+    Twilio,
 }
 
 impl ProviderKind {
@@ -132,6 +138,8 @@ impl ProviderKind {
         match self {
             ProviderKind::Log => "log",
             ProviderKind::Webhook => "webhook",
+            ProviderKind::Kannel => "kannel",
+            ProviderKind::Twilio => "twilio",
         }
     }
 }
@@ -146,6 +154,10 @@ pub struct ProviderSettings {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub webhook: webhook::WebhookSettings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kannel: Option<kannel::KannelSettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub twilio: Option<twilio::TwilioSettings>,
 }
 
 impl Default for ProviderSettings {
@@ -154,6 +166,8 @@ impl Default for ProviderSettings {
             kind: ProviderKind::Log,
             timeout: Duration::from_secs(10),
             webhook: webhook::WebhookSettings::default(),
+            kannel: None,
+            twilio: None,
         }
     }
 }
@@ -164,6 +178,8 @@ impl ProviderSettings {
         Ok(match self.kind {
             ProviderKind::Log => &log::LogSettings,
             ProviderKind::Webhook => &self.webhook,
+            ProviderKind::Kannel => required_section(&self.kannel, "kannel")?,
+            ProviderKind::Twilio => required_section(&self.twilio, "twilio")?,
         })
     }
 

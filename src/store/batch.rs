@@ -4,6 +4,7 @@
 //! SQLite), so the statements stay fixed `&'static str` whatever the batch
 //! size. Also the small conversions the dialects share.
 
+use crate::domain::report::{DeliveryReport, ReportApplied};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -194,6 +195,44 @@ pub(super) fn by_status(counts: &[(String, i64)]) -> Vec<(Status, u64)> {
         })
         .collect()
 }
+
+/// What a delivery report does to the row locked for it (`status`, `attempts`,
+/// or `None` when there is no such row): `Ok(to)` when the row moves to the
+/// status `to` with an event, `Err(why)` when nothing changes. Every dialect
+/// decides through here, in its own transaction.
+pub(super) fn report_target(
+    report: &DeliveryReport,
+    row: Option<(String, i32)>,
+) -> Result<Result<&'static str, ReportApplied>, StoreError> {
+    let Some((status, attempts)) = row else {
+        return Ok(Err(ReportApplied::Unknown));
+    };
+    let status = parse_status(report.sms_id, &status)?;
+    Ok(
+        match crate::domain::report::decide(status, to_u32(Some(attempts)).unwrap_or(0), report) {
+            ReportApplied::Applied => Ok(report.outcome.status().as_str()),
+            unchanged => Err(unchanged),
+        },
+    )
+}
+
+/// Applies a delivery report in the dialect's open transaction `tx`: locks
+/// the row with `lock`, decides through [`report_target`], then runs the
+/// dialect's `update` and `event` statements for the target status `to`.
+macro_rules! apply_report {
+    ($tx:ident, $report:expr, $lock:expr, |$to:ident| $update:expr, $event:expr) => {{
+        let row = $lock.bind($report.sms_id).fetch_optional(&mut *$tx).await?;
+        let $to = match report_target($report, row)? {
+            Ok(to) => to,
+            Err(unchanged) => return Ok(unchanged),
+        };
+        $update.execute(&mut *$tx).await?;
+        $event.execute(&mut *$tx).await?;
+        $tx.commit().await?;
+        Ok(ReportApplied::Applied)
+    }};
+}
+pub(super) use apply_report;
 
 #[cfg(test)]
 mod tests {

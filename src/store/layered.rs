@@ -10,8 +10,9 @@ use async_trait::async_trait;
 
 use super::{
     Claim, Directory, Enqueued, Leases, Lookup, Messages, Page, Queue, QueueStats, ReapReport,
-    RecordReport, Schema, SmsQuery, Store, StoreError,
+    RecordReport, Reports, Schema, SmsQuery, Store, StoreError,
 };
+use crate::domain::report::{DeliveryReport, ReportApplied};
 use crate::domain::{AttemptRecord, EventRecord, NewSms, Outcome, Recipient, SmsRecord};
 
 /// `store` with its claims and outcome writes going through `queue` instead.
@@ -101,5 +102,15 @@ impl Schema for Layered {
     }
     async fn create_demo_directory(&self) -> Result<(), StoreError> {
         self.store.create_demo_directory().await
+    }
+}
+
+#[async_trait]
+impl Reports for Layered {
+    async fn apply_delivery_report(
+        &self,
+        report: &DeliveryReport,
+    ) -> Result<ReportApplied, StoreError> {
+        self.store.apply_delivery_report(report).await
     }
 }

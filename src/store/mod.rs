@@ -1,7 +1,7 @@
-//! Persistence of the outbox. [`Store`] is five small traits by who uses
+//! Persistence of the outbox. [`Store`] is six small traits by who uses
 //! them: [`Queue`] (the dispatcher's claim and record), [`Leases`] (release
-//! at shutdown, the reaper), [`Messages`] (API and platform), [`Directory`]
-//! and [`Schema`]. What is the same on every database is
+//! at shutdown, the reaper), [`Messages`] (API and platform), [`Directory`],
+//! [`Schema`] and [`Reports`] (providers' delivery reports). What is the same on every database is
 //! written once: `query.rs` builds the list queries, `rows.rs` maps rows,
 //! `batch.rs` carries batches as one JSON parameter, and `backend.rs`
 //! implements `Messages`, `Directory` and `Schema` for any dialect from a few
@@ -30,6 +30,7 @@ use time::OffsetDateTime;
 
 pub use settings::{DEFAULT_DATABASE_URL, DatabaseSettings};
 
+use crate::domain::report::{DeliveryReport, ReportApplied};
 use crate::domain::{
     AttemptRecord, ClaimedSms, EventRecord, NewSms, Outcome, Recipient, SmsRecord, Status,
 };
@@ -355,11 +356,23 @@ pub trait Schema: Send + Sync + 'static {
     async fn create_demo_directory(&self) -> Result<(), StoreError>;
 }
 
-/// The whole outbox, as the application holds it (`Arc<dyn Store>`). Every
-/// type with the five parts is a `Store`.
-pub trait Store: Queue + Leases + Messages + Directory + Schema {}
+/// Delivery reports, from the providers' callback routes.
+#[async_trait]
+pub trait Reports: Send + Sync + 'static {
+    /// Applies a provider's final delivery report in one transaction: `sent`
+    /// becomes `delivered` / `undelivered` with an event; anything else is
+    /// left as it is and said so (see [`ReportApplied`]).
+    async fn apply_delivery_report(
+        &self,
+        report: &DeliveryReport,
+    ) -> Result<ReportApplied, StoreError>;
+}
 
-impl<T: Queue + Leases + Messages + Directory + Schema> Store for T {}
+/// The whole outbox, as the application holds it (`Arc<dyn Store>`). Every
+/// type with the six parts is a `Store`.
+pub trait Store: Queue + Leases + Messages + Directory + Schema + Reports {}
+
+impl<T: Queue + Leases + Messages + Directory + Schema + Reports> Store for T {}
 
 /// The database family a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,12 +32,13 @@ use sqlx::{AssertSqlSafe, Executor};
 
 use super::backend::{Backend, DirectorySql, insert_args};
 use super::batch::{
-    AttemptRef, EXPIRE_BATCH, OutcomeRow, first_per_id, micros, record_report, sweep_expired,
-    to_json,
+    AttemptRef, EXPIRE_BATCH, OutcomeRow, apply_report, first_per_id, micros, record_report,
+    report_target, sweep_expired, to_json,
 };
 use super::query::{Arg, Style};
 use super::rows::ClaimedRows;
-use super::{Claim, Leases, Queue, ReapReport, RecordReport, StoreError, StoreOptions};
+use super::{Claim, Leases, Queue, ReapReport, RecordReport, Reports, StoreError, StoreOptions};
+use crate::domain::report::{DeliveryReport, ReportApplied};
 use crate::domain::{NewSms, Outcome, Recipient};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/mysql");
@@ -429,6 +430,16 @@ impl MySqlStore {
     }
 }
 
+// A delivery report moves `sent` to its final status: status, status, id.
+const REPORT_UPDATE: &str = "
+UPDATE sms SET status = ?, updated_at = UTC_TIMESTAMP(6),
+       delivered_at = CASE WHEN ? = 'delivered' THEN UTC_TIMESTAMP(6) ELSE delivered_at END
+WHERE id = ?";
+
+// Its event: id, status, the provider's status and code.
+const REPORT_EVENT: &str =
+    "INSERT INTO sms_event (sms_id, from_status, to_status, reason) VALUES (?, 'sent', ?, ?)";
+
 #[async_trait]
 impl Backend for MySqlStore {
     type Row = MySqlRow;
@@ -631,6 +642,30 @@ impl Leases for MySqlStore {
             conn.close_on_drop();
         }
         result
+    }
+}
+
+#[async_trait]
+impl Reports for MySqlStore {
+    async fn apply_delivery_report(
+        &self,
+        report: &DeliveryReport,
+    ) -> Result<ReportApplied, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // FOR UPDATE as on PostgreSQL; positional placeholders bind `to` twice.
+        apply_report!(
+            tx,
+            report,
+            sqlx::query_as("SELECT status, attempts FROM sms WHERE id = ? FOR UPDATE"),
+            |to| sqlx::query(REPORT_UPDATE)
+                .bind(to)
+                .bind(to)
+                .bind(report.sms_id),
+            sqlx::query(REPORT_EVENT)
+                .bind(report.sms_id)
+                .bind(to)
+                .bind(&report.reason)
+        )
     }
 }
 

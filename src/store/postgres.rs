@@ -18,12 +18,14 @@ use sqlx::{AssertSqlSafe, Postgres};
 
 use super::backend::{Backend, DirectorySql};
 use super::batch::{
-    AttemptRef, EXPIRE_BATCH, OutcomeRow, millis, record_report, sweep_expired, to_json,
+    AttemptRef, EXPIRE_BATCH, OutcomeRow, apply_report, millis, record_report, report_target,
+    sweep_expired, to_json,
 };
 use super::query::{Arg, Style};
 use super::rows::ClaimedRows;
-use super::{Claim, Leases, Queue, ReapReport, RecordReport, StoreError, StoreOptions};
+use super::{Claim, Leases, Queue, ReapReport, RecordReport, Reports, StoreError, StoreOptions};
 use crate::domain::Outcome;
+use crate::domain::report::{DeliveryReport, ReportApplied};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -244,6 +246,16 @@ fn bind<'q>(
     query
 }
 
+// A delivery report moves `sent` to its final status. $1 = id, $2 = status.
+const REPORT_UPDATE: &str = "
+UPDATE sms SET status = $2, updated_at = now(),
+       delivered_at = CASE WHEN $2 = 'delivered' THEN now() ELSE delivered_at END
+WHERE id = $1";
+
+// Its event. $1 = id, $2 = status, $3 = the provider's status and code.
+const REPORT_EVENT: &str =
+    "INSERT INTO sms_event (sms_id, from_status, to_status, reason) VALUES ($1, 'sent', $2, $3)";
+
 #[async_trait]
 impl Backend for PgStore {
     type Row = PgRow;
@@ -366,5 +378,27 @@ impl Leases for PgStore {
             failed: u64::try_from(failed).unwrap_or(0),
             skipped: false,
         })
+    }
+}
+
+#[async_trait]
+impl Reports for PgStore {
+    async fn apply_delivery_report(
+        &self,
+        report: &DeliveryReport,
+    ) -> Result<ReportApplied, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // FOR UPDATE: a duplicate report arriving at the same time waits, then
+        // sees the final status and changes nothing.
+        apply_report!(
+            tx,
+            report,
+            sqlx::query_as("SELECT status, attempts FROM sms WHERE id = $1 FOR UPDATE"),
+            |to| sqlx::query(REPORT_UPDATE).bind(report.sms_id).bind(to),
+            sqlx::query(REPORT_EVENT)
+                .bind(report.sms_id)
+                .bind(to)
+                .bind(&report.reason)
+        )
     }
 }

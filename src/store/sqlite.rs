@@ -31,12 +31,15 @@ use time::OffsetDateTime;
 
 use super::backend::{Backend, DirectorySql};
 use super::batch::{
-    AttemptRef, EXPIRE_BATCH, OutcomeRow, first_per_id, millis, parse_status, record_report,
-    sweep_expired, to_json,
+    AttemptRef, EXPIRE_BATCH, OutcomeRow, apply_report, first_per_id, millis, parse_status,
+    record_report, report_target, sweep_expired, to_json,
 };
 use super::query::{Arg, Style};
 use super::rows::ClaimedRows;
-use super::{Claim, Leases, Queue, ReapReport, RecordReport, Schema, StoreError, StoreOptions};
+use super::{
+    Claim, Leases, Queue, ReapReport, RecordReport, Reports, Schema, StoreError, StoreOptions,
+};
+use crate::domain::report::{DeliveryReport, ReportApplied};
 use crate::domain::{Outcome, Status};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -288,6 +291,15 @@ fn bind<'q>(
     query
 }
 
+// A delivery report moves `sent` to its final status. ?1 = id, ?2 = status, ?3 = now.
+const REPORT_UPDATE: &str = "
+UPDATE sms SET status = ?2, updated_at = ?3,
+       delivered_at = CASE WHEN ?2 = 'delivered' THEN ?3 ELSE delivered_at END
+WHERE id = ?1";
+
+// Its event. ?1 = id, ?2 = status, ?3 = now, ?4 = the provider's status and code.
+const REPORT_EVENT: &str = "INSERT INTO sms_event (sms_id, from_status, to_status, occurred_at, reason) VALUES (?1, 'sent', ?2, ?3, ?4)";
+
 #[async_trait]
 impl Backend for SqliteStore {
     type Row = SqliteRow;
@@ -527,6 +539,33 @@ impl Leases for SqliteStore {
         }
         tx.commit().await?;
         Ok(report)
+    }
+}
+
+#[async_trait]
+impl Reports for SqliteStore {
+    async fn apply_delivery_report(
+        &self,
+        report: &DeliveryReport,
+    ) -> Result<ReportApplied, StoreError> {
+        // BEGIN IMMEDIATE takes the write lock first (SQLite has no FOR UPDATE);
+        // times come from the host clock, as everywhere on SQLite.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_ms();
+        apply_report!(
+            tx,
+            report,
+            sqlx::query_as("SELECT status, attempts FROM sms WHERE id = ?1"),
+            |to| sqlx::query(REPORT_UPDATE)
+                .bind(report.sms_id)
+                .bind(to)
+                .bind(now),
+            sqlx::query(REPORT_EVENT)
+                .bind(report.sms_id)
+                .bind(to)
+                .bind(now)
+                .bind(&report.reason)
+        )
     }
 }
 

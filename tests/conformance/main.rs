@@ -52,6 +52,7 @@ mod directory;
 mod dispatch;
 mod list;
 mod outcomes;
+mod reports;
 mod schema;
 mod unreadable;
 
