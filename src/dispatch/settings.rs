@@ -134,7 +134,8 @@ impl DispatchSettings {
     }
 
     /// The dispatcher's options, with the instance id and the rules resolved.
-    pub fn options(&self, validation: &ValidationSettings) -> Options {
+    /// `step_limit` is the longest one send or database call may take.
+    pub fn options(&self, validation: &ValidationSettings, step_limit: Duration) -> Options {
         Options {
             instance: self.instance_id(),
             batch_size: self.batch_size,
@@ -144,6 +145,9 @@ impl DispatchSettings {
             retry: self.retry_policy(),
             shutdown_grace: self.shutdown_grace,
             rules: validation.rules(),
+            watchdog_every: crate::systemd::watchdog_interval()
+                .map_or(Duration::from_secs(5), |interval| interval / 4),
+            step_limit,
         }
     }
 }
