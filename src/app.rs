@@ -92,7 +92,12 @@ impl Application {
         let step_limit =
             config.provider.timeout.max(config.database.connect_timeout) + Duration::from_secs(5);
         let options = config.dispatch.options(&config.validation, step_limit);
-        let reaper = config.housekeeping.reaper(config.dispatch.max_attempts);
+        let reaper = config.housekeeping.reaper(
+            config
+                .dispatch
+                .guarantee
+                .reaper_max_attempts(config.dispatch.max_attempts),
+        );
         let dispatcher = Arc::new(Dispatcher::new(store.clone(), provider.clone(), options));
         Self {
             store,

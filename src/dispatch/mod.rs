@@ -17,7 +17,7 @@ use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::outcome::{self, AttemptEnd, Lost};
+use crate::domain::outcome::{self, AttemptEnd, Guarantee, Lost};
 use crate::domain::phone::mask;
 use crate::domain::retry::RetryPolicy;
 use crate::domain::{AttemptOutcome, ClaimedSms, NextState, Outcome};
@@ -38,6 +38,7 @@ pub struct Options {
     pub poll_interval: Duration,
     pub lease: Duration,
     pub retry: RetryPolicy,
+    pub guarantee: Guarantee,
     pub shutdown_grace: Duration,
     pub rules: Rules,
     /// How often to feed the watchdog (a quarter of systemd's WatchdogSec).
@@ -358,7 +359,11 @@ impl Dispatcher {
 
     /// Applies the outcome model to one attempt and logs what it decided.
     fn settle(&self, sms: &ClaimedSms, end: AttemptEnd<'_>) -> Outcome {
-        let outcome = outcome::settle(sms, end, &self.options.retry, rand::random::<f64>());
+        let rules = outcome::Rules {
+            retry: &self.options.retry,
+            guarantee: self.options.guarantee,
+        };
+        let outcome = outcome::settle(sms, end, rules, rand::random::<f64>());
         log_outcome(sms, &outcome);
         outcome
     }
@@ -457,8 +462,19 @@ fn log_outcome(sms: &ClaimedSms, o: &Outcome) {
         (_, NextState::Declined) => {
             tracing::info!(sms_id = sms.id, attempt = sms.attempt, to = %mask(&sms.mobile_no), error, "declined by provider");
         }
+        (AttemptOutcome::Unknown, NextState::Retry(after)) => {
+            tracing::warn!(sms_id = sms.id, attempt = sms.attempt, error, retry_in = ?after, "the provider may have this message; sending again (at-least-once)");
+        }
         (_, NextState::Retry(after)) => {
             tracing::info!(sms_id = sms.id, attempt = sms.attempt, error, retry_in = ?after, "transient failure; will retry");
+        }
+        (_, NextState::Failed) if error.starts_with("outcome unknown") => {
+            tracing::warn!(
+                sms_id = sms.id,
+                attempt = sms.attempt,
+                error,
+                "the provider may have this message; failed without resending (at-most-once)"
+            );
         }
         (_, NextState::Failed) => {
             tracing::warn!(
