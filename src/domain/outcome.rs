@@ -310,7 +310,7 @@ mod tests {
                 provider_message_id: Some("p-1".into()),
                 http_status: Some(200),
             }),
-            &policy(),
+            least(&policy()),
             0.5,
         );
         assert_eq!((o.id, o.attempt), (42, 1));
@@ -332,7 +332,7 @@ mod tests {
                 error: "provider refused the message: HTTP 400".into(),
                 http_status: Some(400),
             }),
-            &policy(),
+            least(&policy()),
             0.5,
         );
         assert_eq!(o.outcome, AttemptOutcome::Permanent);
