@@ -22,7 +22,11 @@ pub struct Application {
     provider: Arc<dyn Provider>,
     reaper: ReaperSettings,
     /// The bound API listener and its router (None when `[api] enabled = false`).
-    api: Option<(std::net::TcpListener, axum::Router)>,
+    api: Option<(
+        std::net::TcpListener,
+        axum::Router,
+        crate::api::server::ConnectionLimits,
+    )>,
 }
 
 impl Application {
@@ -59,6 +63,7 @@ impl Application {
             auth: Arc::new(auth),
             wake: self.dispatcher.waker(),
             rules: self.dispatcher.rules(),
+            body_read_timeout: config.api.body_read_timeout,
             default_limit: config.api.default_limit,
             max_limit: config.api.max_limit,
             metrics: crate::api::metrics::install(),
@@ -76,13 +81,17 @@ impl Application {
                 store: self.store.clone(),
             },
         );
-        self.api = Some((listener, crate::api::router(state, &config.api, callbacks)));
+        self.api = Some((
+            listener,
+            crate::api::router(state, &config.api, callbacks),
+            crate::api::server::ConnectionLimits::from_settings(&config.api),
+        ));
         Ok(self)
     }
 
     /// Where the API listens, once bound.
     pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
-        self.api.as_ref().and_then(|(l, _)| l.local_addr().ok())
+        self.api.as_ref().and_then(|(l, _, _)| l.local_addr().ok())
     }
 
     /// Builds the parts around a given store and provider (tests use this).
@@ -119,12 +128,13 @@ impl Application {
         } = self;
         // The API answers from the start: /healthz at once, /readyz once the database is migrated.
         let api = match api {
-            Some((listener, router)) => {
+            Some((listener, router, limits)) => {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 tracing::info!(listen = %listener.local_addr()?, "API listening");
                 Some(tokio::spawn(crate::api::serve(
                     listener,
                     router,
+                    limits,
                     stop.clone(),
                 )))
             }

@@ -351,4 +351,11 @@ log "running: ${cmd[*]}"
 status=0
 "${cmd[@]}" || status=$?
 log "tests exited with status $status"
+# The whole suite (no filter given) ends with the API contract test.
+if (($# == 0)); then
+    contract=0
+    tests/contract.sh || contract=$?
+    log "contract test exited with status $contract"
+    ((status)) || status=$contract
+fi
 exit "$status"

@@ -129,11 +129,19 @@ impl FromRequestParts<ApiState> for Caller {
         parts: &mut Parts,
         state: &ApiState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
+        let mut values = parts.headers.get_all(AUTHORIZATION).iter();
+        let header = values
+            .next()
             .and_then(|v| v.to_str().ok())
             .ok_or_else(ApiError::unauthorized)?;
+        // Which of two tokens would count is ambiguous: refuse rather than pick one.
+        if values.next().is_some() {
+            return Err(ApiError::parameter(
+                "Authorization",
+                None,
+                "Authorization is given more than once",
+            ));
+        }
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))

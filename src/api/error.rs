@@ -30,8 +30,7 @@ pub struct ErrorBody {
 pub struct ParameterError {
     pub parameter_name: String,
     /// The value that was refused, when it is safe to echo (never a number or a message).
-    #[schema(value_type = Option<Object>)]
-    pub value: Option<serde_json::Value>,
+    pub value: Option<String>,
     pub developer_message: String,
     pub default_user_message: String,
     pub user_message_globalisation_code: String,
@@ -60,11 +59,7 @@ impl ApiError {
     }
 
     /// 400 about one parameter.
-    pub fn parameter(
-        name: &str,
-        value: Option<serde_json::Value>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn parameter(name: &str, value: Option<String>, message: impl Into<String>) -> Self {
         let message = message.into();
         let code = "validation.msg.validation.errors.exist";
         Self {
@@ -120,6 +115,27 @@ impl ApiError {
         }
     }
 
+    /// 503 when a request takes longer than `api.request_timeout`.
+    pub fn timed_out() -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "error.msg.request.timeout",
+                "The request took longer than api.request_timeout allows; try again shortly",
+            )
+        }
+    }
+
+    /// 408 when the body does not arrive within `api.body_read_timeout`.
+    pub fn body_timed_out() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "error.msg.request.body.timeout",
+            "The body did not arrive within api.body_read_timeout",
+        )
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -166,6 +182,20 @@ impl IntoResponse for ApiError {
             && let Ok(value) = HeaderValue::from_str(&secs.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        match self.status {
+            StatusCode::UNAUTHORIZED => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The rest of the body may still be on its way: this connection cannot be reused.
+            StatusCode::REQUEST_TIMEOUT => {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }

@@ -2,7 +2,8 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -26,23 +27,20 @@ pub async fn healthz() -> Json<Health> {
     get, path = "/readyz", tag = "ops",
     responses((status = 200, body = Health), (status = 503, description = "Database unreachable or not migrated", body = Health))
 )]
-pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
-    match state.store.ready().await {
-        Ok(true) => (StatusCode::OK, Json(Health { status: "ready" })),
-        Ok(false) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Health {
-                status: "not migrated",
-            }),
-        ),
+pub async fn readyz(State(state): State<ApiState>) -> Response {
+    let status = match state.store.ready().await {
+        Ok(true) => return (StatusCode::OK, Json(Health { status: "ready" })).into_response(),
+        Ok(false) => "not migrated",
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(Health {
-                    status: "unreachable",
-                }),
-            )
+            "unreachable"
         }
-    }
+    };
+    // Like every 503 of this API: when to ask again.
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "5")],
+        Json(Health { status }),
+    )
+        .into_response()
 }

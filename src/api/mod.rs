@@ -7,10 +7,13 @@ pub mod error;
 pub mod health;
 pub mod json;
 pub mod metrics;
+pub mod openapi;
+pub mod server;
 pub mod settings;
 pub mod sms;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -22,13 +25,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::dispatch::Rules;
+use crate::domain::validation::Rules;
 use crate::store::Store;
 use auth::Authenticator;
 use error::ApiError;
@@ -42,6 +44,8 @@ pub struct ApiState {
     /// Wakes the dispatcher after POST /sms so it does not wait for its next poll.
     pub wake: Arc<Notify>,
     pub rules: Rules,
+    /// How long a POST body may take to arrive (`api.body_read_timeout`).
+    pub body_read_timeout: Duration,
     pub default_limit: u32,
     pub max_limit: u32,
     pub metrics: Option<PrometheusHandle>,
@@ -87,16 +91,23 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(metrics::metrics))
 }
 
-/// The OpenAPI document as served at `/openapi.json`.
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    documented_routes().into_openapi()
+/// The OpenAPI document as served at `/openapi.json`: generated from the
+/// handlers, then given the exact input rules the handlers apply.
+pub fn openapi_document() -> serde_json::Value {
+    document(documented_routes().into_openapi())
+}
+
+fn document(generated: utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut document = serde_json::to_value(generated).unwrap_or_default();
+    openapi::exact_input(&mut document);
+    document
 }
 
 /// The routes with their middleware. `callbacks` are a provider's own routes
 /// (under `/callbacks/<name>`); they authenticate their callers themselves.
 pub fn router(state: ApiState, config: &ApiSettings, callbacks: Router) -> Router {
-    let (router, openapi) = documented_routes().split_for_parts();
-    let openapi = Arc::new(openapi);
+    let (router, generated) = documented_routes().split_for_parts();
+    let openapi = Arc::new(document(generated));
     router
         .route(
             "/openapi.json",
@@ -112,28 +123,43 @@ pub fn router(state: ApiState, config: &ApiSettings, callbacks: Router) -> Route
         })
         .with_state(state)
         .merge(callbacks)
-        .layer(axum::middleware::from_fn(metrics::track))
-        .layer(DefaultBodyLimit::max(config.body_limit))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
+        .layer(axum::middleware::from_fn_with_state(
             config.request_timeout,
+            time_limit,
         ))
+        .layer(DefaultBodyLimit::max(config.body_limit))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("API handler panicked");
             ApiError::internal().into_response()
         }))
+        // Outside the rest, so that timeouts and panics are counted too.
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(SetSensitiveRequestHeadersLayer::new([
             axum::http::header::AUTHORIZATION,
         ]))
+}
+
+/// Answers 503 in the error shape, with `Retry-After`, when a request takes longer than `limit`.
+async fn time_limit(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(limit = ?limit, "API request exceeded api.request_timeout");
+            ApiError::timed_out().into_response()
+        }
+    }
 }
 
 /// Serves until `stop`, then lets requests in progress finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    limits: server::ConnectionLimits,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    server::serve(listener, router, limits, stop).await
 }

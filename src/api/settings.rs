@@ -22,6 +22,17 @@ pub struct ApiSettings {
     pub body_limit: usize,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// A client must send a request's headers within this, from their first byte.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress and no bytes moving is closed after this.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A POST body must arrive within this once its headers are in (408 beyond).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
     pub tokens: Vec<TokenSettings>,
     /// With no `tokens`, a development token (both scopes) is kept in this
     /// file, created with mode 0600 on first start; "" disables it.
@@ -37,6 +48,10 @@ impl Default for ApiSettings {
             max_limit: 1000,
             body_limit: 16 * 1024,
             request_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(5),
+            max_connections: 512,
             tokens: Vec::new(),
             dev_token_file: PathBuf::from("smsrelay-api-token"),
         }
@@ -92,8 +107,18 @@ impl ApiSettings {
         if self.body_limit < 256 {
             return Err(invalid("api.body_limit", "must be at least 256 bytes"));
         }
-        if self.request_timeout.is_zero() {
-            return Err(invalid("api.request_timeout", "must be more than 0s"));
+        for (key, timeout) in [
+            ("api.request_timeout", self.request_timeout),
+            ("api.header_read_timeout", self.header_read_timeout),
+            ("api.idle_timeout", self.idle_timeout),
+            ("api.body_read_timeout", self.body_read_timeout),
+        ] {
+            if timeout.is_zero() {
+                return Err(invalid(key, "must be more than 0s"));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("api.max_connections", "must be at least 1"));
         }
         for (i, token) in self.tokens.iter().enumerate() {
             token.validate(i, &self.tokens[..i])?;

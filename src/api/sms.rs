@@ -1,10 +1,10 @@
 //! `/sms`: list, look up and create messages.
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -13,10 +13,10 @@ use utoipa::{IntoParams, ToSchema};
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
-use super::json::ApiJson;
+use super::json::read_json;
 use super::settings::Scope;
 use crate::domain::phone::E164;
-use crate::domain::segments::count_segments;
+use crate::domain::validation::validate_message;
 use crate::domain::{AttemptRecord, EventRecord, NewSms, Recipient, SmsRecord, Status};
 use crate::store::{Lookup, OrderBy, Paging, SmsFilter, SmsQuery};
 
@@ -164,8 +164,30 @@ pub struct SmsDetail {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewSmsRequest {
     pub message: String,
+    #[serde(default, deserialize_with = "whole_number")]
     pub client_id: Option<i64>,
+    #[serde(default, deserialize_with = "whole_number")]
     pub staff_id: Option<i64>,
+}
+
+/// An integer as JSON Schema counts one: `7` and `7.0` alike (the OpenAPI
+/// document says `integer`), but never a fraction or a float too large to be exact.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    number
+        .as_i64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() <= EXACT)
+                // Exact: a whole number of at most 2^53 converts without loss.
+                .map(|f| f as i64)
+        })
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("must be a whole number from 1 to 2^63-1"))
 }
 
 /// The reply to `POST /sms`: the new message, not yet sent.
@@ -184,24 +206,28 @@ pub struct CreatedSms {
 #[allow(dead_code)]
 pub struct ListParams {
     /// Rows to skip (offset paging). Not with `cursor`.
+    #[param(value_type = Option<i64>, minimum = 0)]
     offset: Option<u64>,
-    /// Page size; default `api.default_limit` (200), capped at `api.max_limit`.
+    /// Page size; default `api.default_limit` (200), larger values are capped at `api.max_limit`.
+    #[param(value_type = Option<i64>, minimum = 1)]
     limit: Option<u32>,
-    /// id, createdAt, updatedAt, sentAt, status, clientId or staffId (offset paging); cursor paging orders by id.
+    /// Offset paging; cursor paging orders by id (only `id` with `cursor`).
     order_by: Option<String>,
-    /// ASC or DESC.
+    /// ASC or DESC, in any letter case; with `cursor`, the cursor's own direction.
     sort_order: Option<String>,
+    #[param(minimum = 1)]
     client_id: Option<i64>,
+    #[param(minimum = 1)]
     staff_id: Option<i64>,
-    /// One status, several comma-separated, or the parameter repeated.
-    status: Option<String>,
+    /// One status or several comma-separated; the parameter may be repeated.
+    status: Option<Vec<String>>,
     /// Exact match on the stored number.
     mobile_no: Option<String>,
-    /// RFC 3339 timestamp or YYYY-MM-DD (inclusive).
+    /// RFC 3339 timestamp or YYYY-MM-DD (inclusive), UTC years 1000 to 9999.
     created_from: Option<String>,
-    /// RFC 3339 timestamp or YYYY-MM-DD (inclusive: a date means the whole day).
+    /// RFC 3339 timestamp or YYYY-MM-DD (inclusive: a date means the whole day), UTC years 1000 to 9999.
     created_to: Option<String>,
-    /// Cursor paging: empty for the first page, then the previous page's `nextCursor`.
+    /// Cursor paging: empty for the first page, then the previous page's `nextCursor`. Not with `offset`.
     cursor: Option<String>,
 }
 
@@ -221,74 +247,122 @@ pub const LIST_PARAMETERS: [&str; 11] = [
 ];
 
 fn bad(name: &str, value: &str, message: impl Into<String>) -> ApiError {
-    ApiError::parameter(
-        name,
-        Some(serde_json::Value::String(value.to_owned())),
-        message,
-    )
+    ApiError::parameter(name, Some(value.to_owned()), message)
 }
 
-/// Parses a positive id.
+/// Largest accepted `offset`: every database takes it as a signed 64-bit number.
+pub const MAX_OFFSET: u64 = i64::MAX as u64;
+
+/// A number written the one canonical way: decimal digits, no sign, no leading zero.
+fn canonical_number(value: &str) -> Option<u64> {
+    let canonical = !value.is_empty()
+        && value.bytes().all(|b| b.is_ascii_digit())
+        && (value == "0" || !value.starts_with('0'));
+    canonical.then(|| value.parse().ok()).flatten()
+}
+
+/// Parses a positive id (1 to 2^63-1), written canonically: `01` and `+1` are not SMS 1.
 fn parse_id(name: &str, value: &str) -> Result<i64, ApiError> {
-    value
-        .parse::<i64>()
-        .ok()
+    canonical_number(value)
+        .and_then(|n| i64::try_from(n).ok())
         .filter(|id| *id > 0)
-        .ok_or_else(|| bad(name, value, format!("{name} must be a positive integer")))
+        .ok_or_else(|| {
+            bad(
+                name,
+                value,
+                format!(
+                    "{name} must be an integer from 1 to {}, digits only",
+                    i64::MAX
+                ),
+            )
+        })
 }
 
-/// RFC 3339, or a date meaning its first instant (`end_of_day`: the next day's first instant).
-fn parse_instant(name: &str, value: &str, end_of_day: bool) -> Result<OffsetDateTime, ApiError> {
-    if let Ok(t) = OffsetDateTime::parse(value, &Rfc3339) {
-        // The store's upper bound is exclusive; an explicit instant is inclusive.
-        return Ok(if end_of_day {
-            t + time::Duration::microseconds(1)
-        } else {
-            t
-        });
-    }
-    let format = time::macros::format_description!("[year]-[month]-[day]");
-    let date = time::Date::parse(value, &format).map_err(|_| {
+/// The earliest instant a date filter may name: MySQL's DATETIME starts at year 1000.
+const EARLIEST: OffsetDateTime = time::macros::datetime!(1000-01-01 0:00 UTC);
+/// The latest instant a date filter may name: DATETIME ends with year 9999.
+const LATEST: OffsetDateTime = time::macros::datetime!(9999-12-31 23:59:59.999_999 UTC);
+
+/// RFC 3339, or a date meaning its first instant, in UTC and within what every
+/// database stores. With `end_of_day` it is the exclusive upper bound just after
+/// the instant or the day; `None` when nothing storable lies beyond it.
+fn parse_instant(
+    name: &str,
+    value: &str,
+    end_of_day: bool,
+) -> Result<Option<OffsetDateTime>, ApiError> {
+    let out_of_range = || {
         bad(
             name,
             value,
-            format!("{name} must be an RFC 3339 timestamp or a date (YYYY-MM-DD)"),
+            format!("{name} must lie between 1000-01-01 and 9999-12-31 (UTC)"),
         )
-    })?;
-    let date = if end_of_day {
-        date.next_day().unwrap_or(date)
-    } else {
-        date
     };
-    Ok(date.midnight().assume_utc())
-}
-
-fn parse_order_by(value: &str) -> Result<OrderBy, ApiError> {
-    Ok(match value {
-        "id" => OrderBy::Id,
-        "createdAt" | "created_at" => OrderBy::CreatedAt,
-        "updatedAt" | "updated_at" => OrderBy::UpdatedAt,
-        "sentAt" | "sent_at" => OrderBy::SentAt,
-        "status" => OrderBy::Status,
-        "clientId" | "client_id" => OrderBy::ClientId,
-        "staffId" | "staff_id" => OrderBy::StaffId,
-        _ => {
-            return Err(bad(
-                "orderBy",
-                value,
-                "orderBy must be one of id, createdAt, updatedAt, sentAt, status, clientId, staffId",
-            ));
-        }
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let (first, next) = if let Ok(t) = OffsetDateTime::parse(value, &Rfc3339) {
+        let t = t
+            .checked_to_offset(time::UtcOffset::UTC)
+            .ok_or_else(out_of_range)?;
+        (t, t.checked_add(time::Duration::microseconds(1)))
+    } else if let Ok(date) = time::Date::parse(value, &format) {
+        let first = date.midnight().assume_utc();
+        (first, date.next_day().map(|d| d.midnight().assume_utc()))
+    } else {
+        return Err(bad(
+            name,
+            value,
+            format!("{name} must be an RFC 3339 timestamp or a date (YYYY-MM-DD)"),
+        ));
+    };
+    if !(EARLIEST..=LATEST).contains(&first) {
+        return Err(out_of_range());
+    }
+    Ok(if end_of_day {
+        next.filter(|n| *n <= LATEST)
+    } else {
+        Some(first)
     })
 }
 
-fn encode_cursor(descending: bool, last_id: i64) -> String {
-    let raw = format!("v1:{}:{last_id}", if descending { 'd' } else { 'a' });
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+/// The `orderBy` names, as documented.
+pub const ORDER_BY: [(&str, OrderBy); 7] = [
+    ("id", OrderBy::Id),
+    ("createdAt", OrderBy::CreatedAt),
+    ("updatedAt", OrderBy::UpdatedAt),
+    ("sentAt", OrderBy::SentAt),
+    ("status", OrderBy::Status),
+    ("clientId", OrderBy::ClientId),
+    ("staffId", OrderBy::StaffId),
+];
+
+fn parse_order_by(value: &str) -> Result<OrderBy, ApiError> {
+    ORDER_BY
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, order)| *order)
+        .ok_or_else(|| {
+            let names: Vec<&str> = ORDER_BY.iter().map(|(name, _)| *name).collect();
+            bad(
+                "orderBy",
+                value,
+                format!("orderBy must be one of {}", names.join(", ")),
+            )
+        })
 }
 
-/// `None` for the empty cursor (first page).
-fn decode_cursor(value: &str) -> Result<Option<(bool, i64)>, ApiError> {
+/// `sortOrder`, in any letter case.
+pub const SORT_ORDER_PATTERN: &str = "^([Aa][Ss][Cc]|[Dd][Ee][Ss][Cc])$";
+
+/// A cursor: the direction (`a`scending or `d`escending) and the last id seen.
+/// Written plainly so that the OpenAPI document can say exactly what is accepted.
+pub const CURSOR_PATTERN: &str = "^([ad](0|[1-9][0-9]{0,18}))?$";
+
+fn encode_cursor(descending: bool, last_id: i64) -> String {
+    format!("{}{last_id}", if descending { 'd' } else { 'a' })
+}
+
+/// `None` for the empty cursor (first page), else the direction and the id to continue after.
+fn decode_cursor(value: &str) -> Result<Option<(bool, Option<i64>)>, ApiError> {
     if value.is_empty() {
         return Ok(None);
     }
@@ -299,21 +373,23 @@ fn decode_cursor(value: &str) -> Result<Option<(bool, i64)>, ApiError> {
             "cursor is not one this API issued (use nextCursor as given)",
         )
     };
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(value)
-        .map_err(|_| invalid())?;
-    let raw = String::from_utf8(raw).map_err(|_| invalid())?;
-    let mut parts = raw.splitn(3, ':');
-    let (Some("v1"), Some(direction), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(invalid());
-    };
-    let descending = match direction {
-        "a" => false,
-        "d" => true,
+    let descending = match value.as_bytes().first() {
+        Some(b'a') => false,
+        Some(b'd') => true,
         _ => return Err(invalid()),
     };
-    let id = id.parse::<i64>().map_err(|_| invalid())?;
-    Ok(Some((descending, id)))
+    let digits = &value[1..];
+    if digits.len() > 19 {
+        return Err(invalid());
+    }
+    let id = canonical_number(digits).ok_or_else(invalid)?;
+    // Beyond the largest id: nothing comes after it ascending, everything does descending.
+    let after = match i64::try_from(id) {
+        Ok(id) => Some(id),
+        Err(_) if descending => None,
+        Err(_) => Some(i64::MAX),
+    };
+    Ok(Some((descending, after)))
 }
 
 /// Parses the raw query of `GET /sms`, naming any parameter it refuses.
@@ -327,7 +403,7 @@ pub fn parse_list_query(
     let mut limit = None;
     let mut order_by = None;
     let mut sort_order: Option<bool> = None;
-    let mut cursor: Option<Option<(bool, i64)>> = None;
+    let mut cursor: Option<Option<(bool, Option<i64>)>> = None;
     let mut seen: Vec<String> = Vec::new();
     for (name, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         let (name, value) = (name.as_ref(), value.as_ref());
@@ -350,17 +426,33 @@ pub fn parse_list_query(
         match name {
             "offset" => {
                 offset = Some(
-                    value
-                        .parse::<u64>()
-                        .map_err(|_| bad(name, value, "offset must be a non-negative integer"))?,
+                    canonical_number(value)
+                        .filter(|n| *n <= MAX_OFFSET)
+                        .ok_or_else(|| {
+                            bad(
+                                name,
+                                value,
+                                format!(
+                                    "offset must be an integer from 0 to {MAX_OFFSET}, digits only"
+                                ),
+                            )
+                        })?,
                 )
             }
             "limit" => {
-                let n = value
-                    .parse::<u32>()
-                    .ok()
+                let n = canonical_number(value)
+                    .and_then(|n| u32::try_from(n).ok())
                     .filter(|n| *n > 0)
-                    .ok_or_else(|| bad(name, value, "limit must be a positive integer"))?;
+                    .ok_or_else(|| {
+                        bad(
+                            name,
+                            value,
+                            format!(
+                                "limit must be an integer from 1 to {}, digits only",
+                                u32::MAX
+                            ),
+                        )
+                    })?;
                 limit = Some(n.min(max_limit));
             }
             "orderBy" => order_by = Some(parse_order_by(value)?),
@@ -374,7 +466,7 @@ pub fn parse_list_query(
             "clientId" => filter.client_id = Some(parse_id(name, value)?),
             "staffId" => filter.staff_id = Some(parse_id(name, value)?),
             "status" => {
-                for part in value.split(',').map(str::trim) {
+                for part in value.split(',') {
                     let status = part
                         .parse::<Status>()
                         .map_err(|e| bad(name, part, e.to_string()))?;
@@ -392,23 +484,22 @@ pub fn parse_list_query(
                         "mobileNo must not be empty",
                     ));
                 }
+                if value.chars().any(char::is_control) {
+                    return Err(ApiError::parameter(
+                        name,
+                        None,
+                        "mobileNo must not contain control characters",
+                    ));
+                }
                 filter.mobile_no = Some(value.to_owned())
             }
-            "createdFrom" => filter.created_from = Some(parse_instant(name, value, false)?),
-            "createdTo" => filter.created_to = Some(parse_instant(name, value, true)?),
+            "createdFrom" => filter.created_from = parse_instant(name, value, false)?,
+            "createdTo" => filter.created_to = parse_instant(name, value, true)?,
             "cursor" => cursor = Some(decode_cursor(value)?),
             _ => unreachable!("every accepted parameter is matched above"),
         }
     }
-    if let (Some(from), Some(to)) = (filter.created_from, filter.created_to)
-        && from >= to
-    {
-        return Err(ApiError::parameter(
-            "createdTo",
-            None,
-            "createdTo must not be before createdFrom",
-        ));
-    }
+    // createdTo before createdFrom is an empty range: it matches no row.
     let limit = limit.unwrap_or(default_limit.min(max_limit));
     let Some(cursor) = cursor else {
         return Ok(SmsQuery {
@@ -451,7 +542,7 @@ pub fn parse_list_query(
         order_by: OrderBy::Id,
         descending,
         paging: Paging::Keyset {
-            after_id: cursor.map(|(_, id)| id),
+            after_id: cursor.and_then(|(_, id)| id),
             limit,
         },
     })
@@ -495,11 +586,11 @@ pub async fn list_sms(
 /// One message with its attempt and status history.
 #[utoipa::path(
     get, path = "/sms/{id}", tag = "sms",
-    params(("id" = i64, Path, description = "The message id")),
+    params(("id" = i64, Path, minimum = 1, description = "The message id")),
     security(("bearer" = ["sms:read"])),
     responses(
         (status = 200, description = "The message and its history", body = SmsDetail),
-        (status = 400, description = "The id is not a positive integer", body = ErrorBody),
+        (status = 400, description = "The id is not a positive integer written with digits only", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks sms:read", body = ErrorBody),
         (status = 404, description = "No such message", body = ErrorBody),
@@ -509,10 +600,20 @@ pub async fn list_sms(
 pub async fn get_sms(
     caller: Caller,
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SmsDetail>, ApiError> {
     caller.require(Scope::Read)?;
-    let id = parse_id("id", &id)?;
+    // A segment that is not UTF-8 once decoded (`/sms/%ff`) is refused like any other bad id.
+    let id = match id {
+        Ok(Path(id)) => parse_id("id", &id)?,
+        Err(_) => {
+            return Err(ApiError::parameter(
+                "id",
+                None,
+                "id must be an integer from 1 to 9223372036854775807, digits only",
+            ));
+        }
+    };
     let record =
         state.store.get(id).await?.ok_or_else(|| {
             ApiError::not_found(format!("SMS with identifier {id} does not exist"))
@@ -527,7 +628,40 @@ pub async fn get_sms(
 }
 
 /// Longest accepted `Idempotency-Key`.
-const MAX_IDEMPOTENCY_KEY: usize = 200;
+pub const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// The `Idempotency-Key` header, scoped by token so two callers cannot collide on a key.
+fn idempotency_key(headers: &HeaderMap, caller: &Caller) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::parameter(
+            "Idempotency-Key",
+            None,
+            "Idempotency-Key is given more than once",
+        ));
+    }
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY
+                && k.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::parameter(
+                "Idempotency-Key",
+                None,
+                format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+                ),
+            )
+        })?;
+    Ok(Some(format!("{}:{key}", caller.name)))
+}
 
 /// Queue an SMS to a client or a staff member; the number comes from the platform's records.
 #[utoipa::path(
@@ -550,10 +684,12 @@ const MAX_IDEMPOTENCY_KEY: usize = 200;
 pub async fn create_sms(
     caller: Caller,
     State(state): State<ApiState>,
-    headers: HeaderMap,
-    ApiJson(request): ApiJson<NewSmsRequest>,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    // Before the body is even read: a token without the scope learns nothing about it.
     caller.require(Scope::Send)?;
+    let idempotency_key = idempotency_key(request.headers(), &caller)?;
+    let request: NewSmsRequest = read_json(request, state.body_read_timeout).await?;
     let recipient = match (request.client_id, request.staff_id) {
         (Some(_), Some(_)) => {
             let mut error =
@@ -575,38 +711,9 @@ pub async fn create_sms(
         (Some(id), None) => Recipient::Client(parse_id("clientId", &id.to_string())?),
         (None, Some(id)) => Recipient::Staff(parse_id("staffId", &id.to_string())?),
     };
-    if request.message.trim().is_empty() {
-        return Err(ApiError::parameter(
-            "message",
-            None,
-            "message must not be empty",
-        ));
-    }
-    let segments = count_segments(&request.message).segments;
-    if segments > state.rules.max_segments {
-        return Err(ApiError::parameter(
-            "message",
-            None,
-            format!(
-                "message needs {segments} segments, more than the maximum of {}",
-                state.rules.max_segments
-            ),
-        ));
-    }
-    let idempotency_key = match headers.get("idempotency-key") {
-        None => None,
-        Some(value) => {
-            let key = value
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic()))
-                .ok_or_else(|| {
-                    ApiError::parameter("Idempotency-Key", None, format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"))
-                })?;
-            // Scoped by token, so two callers cannot collide on a key.
-            Some(format!("{}:{key}", caller.name))
-        }
-    };
+    // The dispatcher applies the same check to rows the platform INSERTs itself.
+    validate_message(&request.message, &state.rules)
+        .map_err(|refusal| ApiError::parameter("message", None, refusal.reason))?;
 
     let (who, id) = match recipient {
         Recipient::Client(id) => ("client", id),

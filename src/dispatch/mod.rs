@@ -6,7 +6,6 @@
 
 pub mod heartbeat;
 pub mod settings;
-pub mod validate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,13 +19,13 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::outcome::{self, AttemptEnd, Guarantee, Lost};
 use crate::domain::phone::mask;
 use crate::domain::retry::RetryPolicy;
+pub use crate::domain::validation::Rules;
+use crate::domain::validation::{self, Ready};
 use crate::domain::{AttemptOutcome, ClaimedSms, NextState, Outcome};
 use crate::provider::{OutboundSms, Provider, SendOutcome};
 use crate::store::{Claim, Store, StoreError};
 use heartbeat::Heartbeat;
 pub use settings::{DispatchSettings, ValidationSettings};
-use validate::Ready;
-pub use validate::Rules;
 
 /// How a dispatcher behaves, resolved from `[dispatch]` and `[validation]`
 /// (see [`DispatchSettings::options`]).
@@ -222,7 +221,7 @@ impl Dispatcher {
         let mut in_flight = InFlight::default();
         let permits = Arc::new(Semaphore::new(self.options.concurrency as usize));
         for sms in messages {
-            match validate::validate(&sms, &self.options.rules) {
+            match validation::validate(&sms, &self.options.rules) {
                 Ok(ready) => self.spawn_send(&mut in_flight, sms, ready, &permits, stop),
                 Err(refusal) => outcomes.push(self.settle(
                     &sms,

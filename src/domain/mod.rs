@@ -5,6 +5,8 @@ pub mod phone;
 pub mod retry;
 pub mod segments;
 pub mod status;
+pub mod text;
+pub mod validation;
 
 use std::time::Duration;
 
@@ -163,6 +165,8 @@ pub struct AttemptRecord {
     pub http_status: Option<u16>,
     pub provider_message_id: Option<String>,
     pub error: Option<String>,
+    /// The provider this attempt went to, when one was recorded.
+    pub provider: Option<String>,
 }
 
 /// One row of `sms_event`.

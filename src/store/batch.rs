@@ -1,7 +1,8 @@
-//! Helpers shared by the MySQL and SQLite stores. Neither dialect has
-//! PostgreSQL's array parameters, so a batch travels as ONE JSON parameter
-//! that the SQL unpacks into rows (`JSON_TABLE` on MySQL, `json_each` on
-//! SQLite): the statements stay fixed `&'static str`, whatever the batch size.
+//! The batch model of every dialect: a batch (outcomes, claims, releases)
+//! travels as ONE JSON parameter that the SQL unpacks into rows
+//! (`jsonb_to_recordset` on PostgreSQL, `JSON_TABLE` on MySQL, `json_each` on
+//! SQLite), so the statements stay fixed `&'static str` whatever the batch
+//! size. Also the small conversions the dialects share.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use serde::Serialize;
 
 use super::StoreError;
 use crate::domain::status::UnknownStatus;
-use crate::domain::{NextState, Outcome, Status};
+use crate::domain::{ClaimedSms, NextState, Outcome, Status};
 
 /// One outcome as a JSON object; absent fields become SQL NULL on both
 /// dialects (no reliance on how each one maps a JSON `null`).
@@ -31,6 +32,8 @@ pub(super) struct OutcomeRow<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub segments: Option<i64>,
     pub reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<&'a str>,
 }
 
 impl<'a> OutcomeRow<'a> {
@@ -49,6 +52,7 @@ impl<'a> OutcomeRow<'a> {
             error: o.error.as_deref(),
             segments: o.segments.map(i64::from),
             reason: o.reason.as_str(),
+            provider: o.provider.as_deref(),
         }
     }
 }
@@ -58,6 +62,67 @@ impl<'a> OutcomeRow<'a> {
 pub(super) struct AttemptRef {
     pub id: i64,
     pub attempt: i64,
+}
+
+impl AttemptRef {
+    /// The `(id, attempt)` pairs of a release or a claim.
+    pub fn all<'c>(claims: impl IntoIterator<Item = &'c (i64, u32)>) -> Vec<AttemptRef> {
+        claims
+            .into_iter()
+            .map(|(id, attempt)| AttemptRef {
+                id: *id,
+                attempt: i64::from(*attempt),
+            })
+            .collect()
+    }
+
+    /// The rows of a claim, on the attempt they are now on.
+    pub fn claimed(messages: &[ClaimedSms]) -> Vec<AttemptRef> {
+        messages
+            .iter()
+            .map(|m| AttemptRef {
+                id: m.id,
+                attempt: i64::from(m.attempt),
+            })
+            .collect()
+    }
+}
+
+/// Expired rows the sweep fails per transaction, so that no sweep holds its
+/// locks long, however large the backlog.
+pub(super) const EXPIRE_BATCH: u32 = 1000;
+
+/// Transactions of [`EXPIRE_BATCH`] one claim spends on the sweep at most;
+/// the claim itself never returns an expired row, so what is left over waits
+/// for the next cycle without any risk of being sent.
+const EXPIRE_ROUNDS: u32 = 50;
+
+/// Runs `batch` (one sweep transaction, returning how many rows it failed)
+/// until a batch comes back short, i.e. none are left; returns the total.
+pub(super) async fn sweep_expired<F, Fut>(mut batch: F) -> Result<u64, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StoreError>>,
+{
+    let mut total = 0;
+    for _ in 0..EXPIRE_ROUNDS {
+        let expired = batch().await?;
+        total += expired;
+        if expired < u64::from(EXPIRE_BATCH) {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// What a batch of `sent` outcomes did, from how many changed their row.
+pub(super) fn record_report(sent: usize, applied: impl TryInto<u64>) -> super::RecordReport {
+    let sent = sent as u64;
+    let applied = applied.try_into().unwrap_or(0).min(sent);
+    super::RecordReport {
+        applied,
+        stale: sent - applied,
+    }
 }
 
 /// The first of several entries for one row: the row can change only once

@@ -1,12 +1,25 @@
-//! Persistence of the outbox behind one trait; each database's SQL lives with
-//! its dialect (`postgres.rs`, `mysql.rs`, `sqlite.rs`), commented where the
-//! dialect forces a shape. `open()` picks the dialect from the URL scheme.
+//! Persistence of the outbox. [`Store`] is five small traits by who uses
+//! them: [`Queue`] (the dispatcher's claim and record), [`Leases`] (release
+//! at shutdown, the reaper), [`Messages`] (API and platform), [`Directory`]
+//! and [`Schema`]. What is the same on every database is
+//! written once: `query.rs` builds the list queries, `rows.rs` maps rows,
+//! `batch.rs` carries batches as one JSON parameter, and `backend.rs`
+//! implements `Messages`, `Directory` and `Schema` for any dialect from a few
+//! primitives. Each dialect file (`postgres.rs`, `mysql.rs`, `sqlite.rs`)
+//! keeps only its SQL, its binding, its `Queue` and `Leases`, with a header saying where
+//! it differs and why. `open()` picks the dialect from the URL scheme.
 
+mod backend;
 mod batch;
+mod layered;
 pub mod mysql;
 pub mod postgres;
+mod query;
+mod rows;
 pub mod settings;
 pub mod sqlite;
+
+pub use layered::with_queue;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,7 +115,7 @@ fn is_unavailable_code(code: Option<&str>) -> bool {
 pub struct Claim {
     /// Rows now `sending` under our lease.
     pub messages: Vec<ClaimedSms>,
-    /// Pending rows found past `expires_at` and moved to `failed`.
+    /// Pending rows found past `expires_at` and moved to `failed` by this claim's sweep.
     pub expired: u64,
 }
 
@@ -252,18 +265,16 @@ pub struct StoreOptions {
     pub directory: DirectoryQueries,
 }
 
-/// The outbox as the daemon needs it.
+/// The queue's hot path, as the dispatcher works it: claim, then record.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Applies the embedded migrations.
-    async fn migrate(&self) -> Result<(), StoreError>;
-
-    /// Checks the database answers.
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// In one short transaction: fails expired pending rows, then claims up to
-    /// `batch_size` due rows for `instance` with a lease of `lease`, bumping the
-    /// attempt and writing the attempt and event rows.
+pub trait Queue: Send + Sync + 'static {
+    /// Fails expired pending rows, in short transactions of a bounded batch
+    /// until none are left; then, in one short transaction, claims up to
+    /// `batch_size` due rows for `instance` with a lease of `lease`, bumping
+    /// the attempt and writing the attempt and event rows. A row past its
+    /// `expires_at` is never claimed, swept or not; a claimed row that cannot
+    /// be read is declined (attempt `invalid`, naming the column) instead of
+    /// returned.
     async fn claim(
         &self,
         instance: &str,
@@ -278,7 +289,12 @@ pub trait Store: Send + Sync + 'static {
         instance: &str,
         outcomes: &[Outcome],
     ) -> Result<RecordReport, StoreError>;
+}
 
+/// The life of a lease after the claim: handing unsent rows back, recovering
+/// the rows of a crashed instance.
+#[async_trait]
+pub trait Leases: Send + Sync + 'static {
     /// Hands claimed rows that were never sent back to `pending`, undoing their attempt.
     async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError>;
 
@@ -290,36 +306,60 @@ pub trait Store: Send + Sync + 'static {
         max_attempts: u32,
         limit: u32,
     ) -> Result<ReapReport, StoreError>;
+}
 
+/// The messages, as the API and the platform see them.
+#[async_trait]
+pub trait Messages: Send + Sync + 'static {
     /// Inserts a new pending message, as the platform would. With an
     /// idempotency key already used, inserts nothing and returns the earlier row.
     async fn enqueue(&self, sms: &NewSms) -> Result<Enqueued, StoreError>;
 
-    /// A page of messages matching `query`.
-    async fn list(&self, query: &SmsQuery) -> Result<Page, StoreError>;
-
-    /// The recipient's mobile number, from the platform's directory tables.
-    async fn lookup_mobile(&self, recipient: Recipient) -> Result<Lookup, StoreError>;
-
-    /// Answers and has every embedded migration applied.
-    async fn ready(&self) -> Result<bool, StoreError>;
-
-    /// Counts for metrics.
-    async fn stats(&self) -> Result<QueueStats, StoreError>;
-
-    /// Creates the table `smsrelay_demo_directory` holding made-up numbers for
-    /// `smsrelay demo` (see [`DEMO_CREATE`]); rows already there are kept.
-    async fn create_demo_directory(&self) -> Result<(), StoreError>;
-
     /// One message.
     async fn get(&self, id: i64) -> Result<Option<SmsRecord>, StoreError>;
+
+    /// A page of messages matching `query`.
+    async fn list(&self, query: &SmsQuery) -> Result<Page, StoreError>;
 
     /// A message's attempts, oldest first.
     async fn attempts(&self, id: i64) -> Result<Vec<AttemptRecord>, StoreError>;
 
     /// A message's status transitions, oldest first.
     async fn events(&self, id: i64) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Counts for metrics.
+    async fn stats(&self) -> Result<QueueStats, StoreError>;
 }
+
+/// The platform's directory of clients and staff.
+#[async_trait]
+pub trait Directory: Send + Sync + 'static {
+    /// The recipient's mobile number, from the platform's directory tables.
+    async fn lookup_mobile(&self, recipient: Recipient) -> Result<Lookup, StoreError>;
+}
+
+/// The schema and the database's health.
+#[async_trait]
+pub trait Schema: Send + Sync + 'static {
+    /// Applies the embedded migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Answers and has every embedded migration applied.
+    async fn ready(&self) -> Result<bool, StoreError>;
+
+    /// Creates the table `smsrelay_demo_directory` holding made-up numbers for
+    /// `smsrelay demo` (see [`DEMO_CREATE`]); rows already there are kept.
+    async fn create_demo_directory(&self) -> Result<(), StoreError>;
+}
+
+/// The whole outbox, as the application holds it (`Arc<dyn Store>`). Every
+/// type with the five parts is a `Store`.
+pub trait Store: Queue + Leases + Messages + Directory + Schema {}
+
+impl<T: Queue + Leases + Messages + Directory + Schema> Store for T {}
 
 /// The database family a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,19 +28,17 @@ use async_trait::async_trait;
 use serde::Serialize;
 use sqlx::migrate::Migrator;
 use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
-use sqlx::{AssertSqlSafe, Executor, QueryBuilder, Row};
+use sqlx::{AssertSqlSafe, Executor};
 
+use super::backend::{Backend, DirectorySql, insert_args};
 use super::batch::{
-    AttemptRef, OutcomeRow, by_status, directory_error, first_per_id, lookup_from, micros,
-    parse_status, to_json, to_u32,
+    AttemptRef, EXPIRE_BATCH, OutcomeRow, first_per_id, micros, record_report, sweep_expired,
+    to_json,
 };
-use super::{
-    Claim, Enqueued, Lookup, OrderBy, Page, Paging, QueueStats, ReapReport, RecordReport, SmsQuery,
-    Store, StoreError, StoreOptions,
-};
-use crate::domain::{
-    AttemptRecord, ClaimedSms, EventRecord, NewSms, Outcome, Recipient, SmsRecord,
-};
+use super::query::{Arg, Style};
+use super::rows::ClaimedRows;
+use super::{Claim, Leases, Queue, ReapReport, RecordReport, StoreError, StoreOptions};
+use crate::domain::{NewSms, Outcome, Recipient};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/mysql");
 
@@ -52,8 +50,7 @@ const STAFF_QUERY: &str = "SELECT mobile_no FROM m_staff WHERE id = ?";
 #[derive(Clone)]
 pub struct MySqlStore {
     pool: MySqlPool,
-    client_query: String,
-    staff_query: String,
+    directory: DirectorySql,
 }
 
 impl MySqlStore {
@@ -79,17 +76,9 @@ impl MySqlStore {
                 })
             })
             .connect_lazy_with(connect);
-        let directory = &options.directory;
         Ok(Self {
             pool,
-            client_query: directory
-                .client_query
-                .clone()
-                .unwrap_or_else(|| CLIENT_QUERY.into()),
-            staff_query: directory
-                .staff_query
-                .clone()
-                .unwrap_or_else(|| STAFF_QUERY.into()),
+            directory: DirectorySql::new(&options.directory, CLIENT_QUERY, STAFF_QUERY),
         })
     }
 
@@ -134,8 +123,8 @@ pub fn check_server_version(version: &str) -> Result<(), String> {
 
 // --- claim -----------------------------------------------------------------
 
-// Expired pending rows become `failed` before the claim looks for work, so an
-// expired message is never sent. SKIP LOCKED: another instance may be expiring too.
+// One batch of the expiry sweep: expired pending rows become `failed`.
+// SKIP LOCKED: another instance may be expiring too. Parameter: batch size.
 // FORCE INDEX here and in the other locking reads: they must walk their index
 // in order. With a filesort instead, FOR UPDATE would lock every row it read
 // to sort, not just the batch it returns, and starve the other instances.
@@ -143,7 +132,7 @@ const EXPIRE_LOCK: &str = "
 SELECT id FROM sms FORCE INDEX (sms_expiry_idx)
 WHERE status = 'pending' AND expires_at <= UTC_TIMESTAMP(6)
 ORDER BY expires_at
-LIMIT 1000
+LIMIT ?
 FOR UPDATE SKIP LOCKED";
 
 // Parameter: JSON array of ids (all locked by EXPIRE_LOCK in this transaction).
@@ -157,10 +146,12 @@ SELECT j.id, 'pending', 'failed', 'expired before it could be sent', UTC_TIMESTA
 FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j";
 
 // The claim, step one: lock due rows in due order, skipping rows another
-// instance holds. Walks sms_due_idx (status, due_at, id).
+// instance holds. Walks sms_due_idx (status, due_at, id). A row past
+// `expires_at` is never claimed, whether or not the sweep has reached it yet.
 const CLAIM_LOCK: &str = "
 SELECT id, attempts, mobile_no, message FROM sms FORCE INDEX (sms_due_idx)
 WHERE status = 'pending' AND due_at <= UTC_TIMESTAMP(6)
+  AND (expires_at IS NULL OR expires_at > UTC_TIMESTAMP(6))
 ORDER BY due_at, id
 LIMIT ?
 FOR UPDATE SKIP LOCKED";
@@ -228,13 +219,15 @@ const RECORD_ATTEMPTS: &str = "
 UPDATE sms_attempt a JOIN JSON_TABLE(?, '$[*]' COLUMNS (
         id BIGINT PATH '$.id', attempt INT PATH '$.attempt', outcome VARCHAR(16) PATH '$.outcome',
         http_status INT PATH '$.http_status',
-        provider_message_id VARCHAR(255) PATH '$.provider_message_id', error TEXT PATH '$.error')) AS i
+        provider_message_id VARCHAR(255) PATH '$.provider_message_id', error TEXT PATH '$.error',
+        provider VARCHAR(255) PATH '$.provider')) AS i
     ON a.sms_id = i.id AND a.attempt = i.attempt
 SET a.finished_at = UTC_TIMESTAMP(6),
     a.outcome = i.outcome,
     a.http_status = i.http_status,
     a.provider_message_id = i.provider_message_id,
-    a.error = i.error";
+    a.error = i.error,
+    a.provider = i.provider";
 
 const RECORD_EVENTS: &str = "
 INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
@@ -329,109 +322,24 @@ VALUES (?, ?, ?, ?, ?, ?, ?)";
 
 const ER_DUP_ENTRY: u16 = 1062;
 
-const BY_IDEMPOTENCY_KEY: &str = "SELECT id FROM sms WHERE idempotency_key = ?";
-
-const SMS_COLUMNS: &str = "id, client_id, staff_id, mobile_no, message, status, attempts, segments, \
-    created_at, updated_at, not_before, expires_at, next_attempt_at, locked_by, lease_expires_at, \
-    sent_at, delivered_at, provider_message_id, last_error";
-
-const STATUS_COUNTS: &str = "SELECT status, count(*) FROM sms GROUP BY status";
-
 // `* 1e-6` makes the result a DOUBLE.
 const DUE_STATS: &str = "
 SELECT count(*), COALESCE(TIMESTAMPDIFF(MICROSECOND, MIN(due_at), UTC_TIMESTAMP(6)) * 1e-6, 0e0)
 FROM sms WHERE status = 'pending' AND due_at <= UTC_TIMESTAMP(6)";
 
-const GET: &str = "
-SELECT id, client_id, staff_id, mobile_no, message, status, attempts, segments, created_at,
-       updated_at, not_before, expires_at, next_attempt_at, locked_by, lease_expires_at,
-       sent_at, delivered_at, provider_message_id, last_error
-FROM sms WHERE id = ?";
-
-const ATTEMPTS: &str = "
-SELECT attempt, instance, started_at, finished_at, outcome, http_status, provider_message_id, error
-FROM sms_attempt WHERE sms_id = ? ORDER BY attempt";
-
-const EVENTS: &str = "
-SELECT from_status, to_status, occurred_at, reason
-FROM sms_event WHERE sms_id = ? ORDER BY id";
-
-fn sms_from_row(row: &MySqlRow) -> Result<SmsRecord, StoreError> {
-    let id: i64 = row.try_get("id")?;
-    let status: String = row.try_get("status")?;
-    Ok(SmsRecord {
-        id,
-        client_id: row.try_get("client_id")?,
-        staff_id: row.try_get("staff_id")?,
-        mobile_no: row.try_get("mobile_no")?,
-        message: row.try_get("message")?,
-        status: parse_status(id, &status)?,
-        attempts: to_u32(row.try_get("attempts")?).unwrap_or(0),
-        segments: to_u32(row.try_get("segments")?),
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        not_before: row.try_get("not_before")?,
-        expires_at: row.try_get("expires_at")?,
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        locked_by: row.try_get("locked_by")?,
-        lease_expires_at: row.try_get("lease_expires_at")?,
-        sent_at: row.try_get("sent_at")?,
-        delivered_at: row.try_get("delivered_at")?,
-        provider_message_id: row.try_get("provider_message_id")?,
-        last_error: row.try_get("last_error")?,
-    })
-}
-
-/// Appends the WHERE clause of a list query; `keyset` adds the cursor condition.
-fn push_filter(sql: &mut QueryBuilder<MySql>, query: &SmsQuery, keyset: bool) {
-    let f = &query.filter;
-    sql.push(" WHERE 1 = 1");
-    if let Some(id) = f.client_id {
-        sql.push(" AND client_id = ").push_bind(id);
+/// Binds `args` in order.
+fn bind<'q>(
+    mut query: sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments>,
+    args: &[Arg],
+) -> sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments> {
+    for arg in args {
+        query = match arg {
+            Arg::Int(v) => query.bind(*v),
+            Arg::Text(v) => query.bind(v.clone()),
+            Arg::Time(v) => query.bind(*v),
+        };
     }
-    if let Some(id) = f.staff_id {
-        sql.push(" AND staff_id = ").push_bind(id);
-    }
-    if !f.statuses.is_empty() {
-        sql.push(" AND status IN (");
-        let mut names = sql.separated(", ");
-        for status in &f.statuses {
-            names.push_bind(status.as_str());
-        }
-        sql.push(")");
-    }
-    if let Some(number) = &f.mobile_no {
-        sql.push(" AND mobile_no = ").push_bind(number.clone());
-    }
-    if let Some(from) = f.created_from {
-        sql.push(" AND created_at >= ").push_bind(from);
-    }
-    if let Some(to) = f.created_to {
-        sql.push(" AND created_at < ").push_bind(to);
-    }
-    if let (
-        true,
-        Paging::Keyset {
-            after_id: Some(after),
-            ..
-        },
-    ) = (keyset, query.paging)
-    {
-        sql.push(if query.descending {
-            " AND id < "
-        } else {
-            " AND id > "
-        })
-        .push_bind(after);
-    }
-}
-
-/// Whether a column `GET /sms` orders by can be NULL.
-fn nullable(order_by: OrderBy) -> bool {
-    matches!(
-        order_by,
-        OrderBy::SentAt | OrderBy::ClientId | OrderBy::StaffId
-    )
+    query
 }
 
 /// The ids among `locked` whose row still passes the fence for `expected`:
@@ -455,6 +363,23 @@ fn fenced(
 }
 
 impl MySqlStore {
+    /// One transaction of the expiry sweep; returns how many rows it failed.
+    async fn expire_batch(&self) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let expired: Vec<i64> = sqlx::query_scalar(EXPIRE_LOCK)
+            .bind(i64::from(EXPIRE_BATCH))
+            .fetch_all(&mut *tx)
+            .await?;
+        if !expired.is_empty() {
+            let json = to_json(&expired)?;
+            for statement in [EXPIRE, EXPIRE_EVENTS] {
+                sqlx::query(statement).bind(&json).execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(expired.len() as u64)
+    }
+
     /// The reaper's work, inside a transaction on the connection holding the lock.
     async fn reap_locked(
         conn: &mut sqlx::MySqlConnection,
@@ -505,8 +430,29 @@ impl MySqlStore {
 }
 
 #[async_trait]
-impl Store for MySqlStore {
-    async fn migrate(&self) -> Result<(), StoreError> {
+impl Backend for MySqlStore {
+    type Row = MySqlRow;
+
+    const MIGRATOR: &'static Migrator = &MIGRATOR;
+    const STYLE: Style = Style {
+        placeholder: Style::question_mark,
+        nulls_last: false,
+    };
+    const MIGRATIONS_TABLE: &'static str = "SELECT count(*) AS n FROM information_schema.tables
+        WHERE table_schema = DATABASE() AND table_name = '_sqlx_migrations'";
+    const DEMO_INSERT: &'static str = concat!("INSERT IGNORE", crate::store::demo_rows!());
+
+    async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<MySqlRow>, sqlx::Error> {
+        bind(sqlx::query(AssertSqlSafe(sql.to_owned())), args)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    fn directory(&self) -> &DirectorySql {
+        &self.directory
+    }
+
+    async fn apply_migrations(&self) -> Result<(), StoreError> {
         let version: String = sqlx::query_scalar("SELECT VERSION()")
             .fetch_one(&self.pool)
             .await?;
@@ -517,51 +463,53 @@ impl Store for MySqlStore {
         Ok(())
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+    async fn insert(&self, sms: &NewSms) -> Result<Option<i64>, StoreError> {
+        let (client_id, staff_id) = match sms.recipient {
+            Recipient::Client(id) => (Some(id), None),
+            Recipient::Staff(id) => (None, Some(id)),
+        };
+        let inserted = bind(sqlx::query(ENQUEUE), &insert_args(sms, client_id, staff_id))
+            .execute(&self.pool)
+            .await;
+        match inserted {
+            Ok(done) => Ok(Some(
+                i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX),
+            )),
+            Err(sqlx::Error::Database(db))
+                if sms.idempotency_key.is_some()
+                    && db
+                        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                        .is_some_and(|e| e.number() == ER_DUP_ENTRY) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
+    async fn due_stats(&self) -> Result<(i64, f64), StoreError> {
+        Ok(sqlx::query_as(DUE_STATS).fetch_one(&self.pool).await?)
+    }
+}
+
+#[async_trait]
+impl Queue for MySqlStore {
     async fn claim(
         &self,
         instance: &str,
         batch_size: u32,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
+        let expired = sweep_expired(|| self.expire_batch()).await?;
         let mut tx = self.pool.begin().await?;
-        let expired: Vec<i64> = sqlx::query_scalar(EXPIRE_LOCK).fetch_all(&mut *tx).await?;
-        if !expired.is_empty() {
-            let json = to_json(&expired)?;
-            for statement in [EXPIRE, EXPIRE_EVENTS] {
-                sqlx::query(statement).bind(&json).execute(&mut *tx).await?;
-            }
-        }
         let rows = sqlx::query(CLAIM_LOCK)
             .bind(i64::from(batch_size))
             .fetch_all(&mut *tx)
             .await?;
-        let mut messages = rows
-            .iter()
-            .map(|row| {
-                let attempts: i32 = row.try_get("attempts")?;
-                Ok(ClaimedSms {
-                    id: row.try_get("id")?,
-                    attempt: u32::try_from(attempts).unwrap_or(0) + 1,
-                    mobile_no: row.try_get("mobile_no")?,
-                    message: row.try_get("message")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        messages.sort_by_key(|m| m.id);
-        if !messages.is_empty() {
-            let claimed: Vec<AttemptRef> = messages
-                .iter()
-                .map(|m| AttemptRef {
-                    id: m.id,
-                    attempt: i64::from(m.attempt),
-                })
-                .collect();
-            let claimed = to_json(&claimed)?;
+        let read = ClaimedRows::read(&rows, 1)?;
+        let refs = read.refs();
+        if !refs.is_empty() {
+            let claimed = to_json(&refs)?;
             sqlx::query(CLAIM)
                 .bind(&claimed)
                 .bind(instance)
@@ -577,10 +525,7 @@ impl Store for MySqlStore {
             }
         }
         tx.commit().await?;
-        Ok(Claim {
-            messages,
-            expired: expired.len() as u64,
-        })
+        Ok(read.finish(self, instance, expired).await)
     }
 
     async fn record_outcomes(
@@ -619,14 +564,12 @@ impl Store for MySqlStore {
             }
         }
         tx.commit().await?;
-        let n = outcomes.len() as u64;
-        let applied = applied.len() as u64;
-        Ok(RecordReport {
-            applied,
-            stale: n - applied.min(n),
-        })
+        Ok(record_report(outcomes.len(), applied.len()))
     }
+}
 
+#[async_trait]
+impl Leases for MySqlStore {
     async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError> {
         if claims.is_empty() {
             return Ok(0);
@@ -642,14 +585,11 @@ impl Store for MySqlStore {
             instance,
             claims.iter().map(|(id, a)| (*id, i64::from(*a))),
         );
-        let released: Vec<AttemptRef> = first_per_id(claims, |(id, _)| *id)
-            .into_iter()
-            .filter(|(id, _)| passed.contains(id))
-            .map(|(id, attempt)| AttemptRef {
-                id: *id,
-                attempt: i64::from(*attempt),
-            })
-            .collect();
+        let released = AttemptRef::all(
+            first_per_id(claims, |(id, _)| *id)
+                .into_iter()
+                .filter(|(id, _)| passed.contains(id)),
+        );
         if !released.is_empty() {
             let json = to_json(&released)?;
             sqlx::query(RELEASE)
@@ -691,194 +631,6 @@ impl Store for MySqlStore {
             conn.close_on_drop();
         }
         result
-    }
-
-    async fn enqueue(&self, sms: &NewSms) -> Result<Enqueued, StoreError> {
-        let (client_id, staff_id) = match sms.recipient {
-            Recipient::Client(id) => (Some(id), None),
-            Recipient::Staff(id) => (None, Some(id)),
-        };
-        let inserted = sqlx::query(ENQUEUE)
-            .bind(client_id)
-            .bind(staff_id)
-            .bind(&sms.mobile_no)
-            .bind(&sms.message)
-            .bind(sms.not_before)
-            .bind(sms.expires_at)
-            .bind(&sms.idempotency_key)
-            .execute(&self.pool)
-            .await;
-        match inserted {
-            Ok(done) => Ok(Enqueued {
-                id: i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX),
-                created: true,
-            }),
-            Err(sqlx::Error::Database(db))
-                if sms.idempotency_key.is_some()
-                    && db
-                        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                        .is_some_and(|e| e.number() == ER_DUP_ENTRY) =>
-            {
-                let id: i64 = sqlx::query_scalar(BY_IDEMPOTENCY_KEY)
-                    .bind(&sms.idempotency_key)
-                    .fetch_one(&self.pool)
-                    .await?;
-                Ok(Enqueued { id, created: false })
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn list(&self, query: &SmsQuery) -> Result<Page, StoreError> {
-        let direction = if query.descending { "DESC" } else { "ASC" };
-        let mut select = QueryBuilder::<MySql>::new(format!("SELECT {SMS_COLUMNS} FROM sms"));
-        push_filter(&mut select, query, true);
-        let rows = match query.paging {
-            Paging::Offset { offset, limit } => {
-                // MySQL has no NULLS LAST and sorts NULLs first ascending:
-                // `(col IS NULL)` first keeps NULLs last in both directions.
-                select.push(" ORDER BY ");
-                if nullable(query.order_by) {
-                    select
-                        .push("(")
-                        .push(query.order_by.column())
-                        .push(" IS NULL), ");
-                }
-                select
-                    .push(query.order_by.column())
-                    .push(" ")
-                    .push(direction)
-                    .push(", id ")
-                    .push(direction)
-                    .push(" LIMIT ")
-                    .push_bind(i64::from(limit))
-                    .push(" OFFSET ")
-                    .push_bind(i64::try_from(offset).unwrap_or(i64::MAX));
-                select.build().fetch_all(&self.pool).await?
-            }
-            Paging::Keyset { limit, .. } => {
-                select
-                    .push(" ORDER BY id ")
-                    .push(direction)
-                    .push(" LIMIT ")
-                    .push_bind(i64::from(limit) + 1);
-                select.build().fetch_all(&self.pool).await?
-            }
-        };
-        let mut items = rows
-            .iter()
-            .map(sms_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let (total, has_more) = match query.paging {
-            Paging::Offset { .. } => {
-                let mut count = QueryBuilder::<MySql>::new("SELECT count(*) FROM sms");
-                push_filter(&mut count, query, false);
-                let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
-                (Some(u64::try_from(total).unwrap_or(0)), false)
-            }
-            Paging::Keyset { limit, .. } => {
-                let more = items.len() > limit as usize;
-                items.truncate(limit as usize);
-                (None, more)
-            }
-        };
-        Ok(Page {
-            total,
-            items,
-            has_more,
-        })
-    }
-
-    async fn create_demo_directory(&self) -> Result<(), StoreError> {
-        sqlx::query(super::DEMO_CREATE).execute(&self.pool).await?;
-        sqlx::query(concat!("INSERT IGNORE", crate::store::demo_rows!()))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn lookup_mobile(&self, recipient: Recipient) -> Result<Lookup, StoreError> {
-        let (sql, id) = match recipient {
-            Recipient::Client(id) => (&self.client_query, id),
-            Recipient::Staff(id) => (&self.staff_query, id),
-        };
-        // The directory SQL comes from the operator's config, never from a request.
-        let found: Option<Option<String>> = sqlx::query_scalar(AssertSqlSafe(sql.clone()))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(directory_error)?;
-        Ok(lookup_from(found))
-    }
-
-    async fn ready(&self) -> Result<bool, StoreError> {
-        let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-        let has_table: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM information_schema.tables
-             WHERE table_schema = DATABASE() AND table_name = '_sqlx_migrations'",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        if has_table == 0 {
-            return Ok(false);
-        }
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(applied.unwrap_or(0) >= latest)
-    }
-
-    async fn stats(&self) -> Result<QueueStats, StoreError> {
-        let counts: Vec<(String, i64)> =
-            sqlx::query_as(STATUS_COUNTS).fetch_all(&self.pool).await?;
-        let (due, oldest): (i64, f64) = sqlx::query_as(DUE_STATS).fetch_one(&self.pool).await?;
-        Ok(QueueStats {
-            by_status: by_status(&counts),
-            due: u64::try_from(due).unwrap_or(0),
-            oldest_due_age_secs: oldest.max(0.0),
-        })
-    }
-
-    async fn get(&self, id: i64) -> Result<Option<SmsRecord>, StoreError> {
-        let row = sqlx::query(GET).bind(id).fetch_optional(&self.pool).await?;
-        row.as_ref().map(sms_from_row).transpose()
-    }
-
-    async fn attempts(&self, id: i64) -> Result<Vec<AttemptRecord>, StoreError> {
-        let rows = sqlx::query(ATTEMPTS).bind(id).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AttemptRecord {
-                    attempt: to_u32(row.try_get("attempt")?).unwrap_or(0),
-                    instance: row.try_get("instance")?,
-                    started_at: row.try_get("started_at")?,
-                    finished_at: row.try_get("finished_at")?,
-                    outcome: row.try_get("outcome")?,
-                    http_status: row
-                        .try_get::<Option<i32>, _>("http_status")?
-                        .and_then(|s| u16::try_from(s).ok()),
-                    provider_message_id: row.try_get("provider_message_id")?,
-                    error: row.try_get("error")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn events(&self, id: i64) -> Result<Vec<EventRecord>, StoreError> {
-        let rows = sqlx::query(EVENTS).bind(id).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                let from: String = row.try_get("from_status")?;
-                let to: String = row.try_get("to_status")?;
-                Ok(EventRecord {
-                    from_status: parse_status(id, &from)?,
-                    to_status: parse_status(id, &to)?,
-                    occurred_at: row.try_get("occurred_at")?,
-                    reason: row.try_get("reason")?,
-                })
-            })
-            .collect()
     }
 }
 

@@ -1,23 +1,29 @@
 //! PostgreSQL store: one statement per operation where a CTE can carry it,
 //! times from the server's `now()` so several hosts agree on leases.
+//!
+//! Where it differs from MySQL and SQLite, and why:
+//! - Data-modifying CTEs: a claim, a batch of outcomes, a release and a reap
+//!   are each one statement (lock, update, attempt and event rows together).
+//! - `FOR NO KEY UPDATE SKIP LOCKED`: instances claim disjoint rows without
+//!   waiting, and the lock does not block the foreign keys of `sms_attempt`.
+//! - Batches arrive as the JSON of `batch.rs`, unpacked with `jsonb_to_recordset`.
+//! - The reaper's single-instance lock is a transaction-scoped advisory lock.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::Row;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-
 use sqlx::migrate::Migrator;
-use sqlx::{AssertSqlSafe, Postgres, QueryBuilder};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Postgres};
 
-use super::{
-    Claim, Enqueued, Lookup, OrderBy, Page, Paging, QueueStats, ReapReport, RecordReport, SmsQuery,
-    Store, StoreError, StoreOptions,
+use super::backend::{Backend, DirectorySql};
+use super::batch::{
+    AttemptRef, EXPIRE_BATCH, OutcomeRow, millis, record_report, sweep_expired, to_json,
 };
-use crate::domain::{
-    AttemptRecord, ClaimedSms, EventRecord, NewSms, NextState, Outcome, Recipient, SmsRecord,
-    Status,
-};
+use super::query::{Arg, Style};
+use super::rows::ClaimedRows;
+use super::{Claim, Leases, Queue, ReapReport, RecordReport, StoreError, StoreOptions};
+use crate::domain::Outcome;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -29,8 +35,7 @@ const STAFF_QUERY: &str = "SELECT mobile_no FROM m_staff WHERE id = $1";
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    client_query: String,
-    staff_query: String,
+    directory: DirectorySql,
 }
 
 /// Key of the advisory lock that keeps the reaper to one instance at a time.
@@ -44,17 +49,9 @@ impl PgStore {
             .acquire_timeout(options.connect_timeout)
             .connect_lazy(&options.url)
             .map_err(StoreError::Database)?;
-        let directory = &options.directory;
         Ok(Self {
             pool,
-            client_query: directory
-                .client_query
-                .clone()
-                .unwrap_or_else(|| CLIENT_QUERY.into()),
-            staff_query: directory
-                .staff_query
-                .clone()
-                .unwrap_or_else(|| STAFF_QUERY.into()),
+            directory: DirectorySql::new(&options.directory, CLIENT_QUERY, STAFF_QUERY),
         })
     }
 
@@ -64,8 +61,8 @@ impl PgStore {
     }
 }
 
-// Expired pending rows become `failed` before the claim looks for work, so an
-// expired message is never sent. SKIP LOCKED: another instance may be expiring too.
+// One batch of the expiry sweep: expired pending rows become `failed`.
+// SKIP LOCKED: another instance may be expiring too. $1 = batch size.
 const EXPIRE: &str = "
 WITH expired AS (
     UPDATE sms SET status = 'failed', last_error = 'expired', updated_at = now()
@@ -73,7 +70,7 @@ WITH expired AS (
         SELECT id FROM sms
         WHERE status = 'pending' AND expires_at <= now()
         ORDER BY expires_at
-        LIMIT 1000
+        LIMIT $1
         FOR NO KEY UPDATE SKIP LOCKED)
     RETURNING id
 )
@@ -82,11 +79,13 @@ SELECT id, 'pending', 'failed', 'expired before it could be sent' FROM expired";
 
 // The claim: lock due rows (MATERIALIZED so the LIMIT applies before the
 // UPDATE joins back), lease them to this instance, bump the attempt and write
-// the attempt and event rows, all in one statement.
+// the attempt and event rows, all in one statement. A row past `expires_at`
+// is never claimed, whether or not the sweep has reached it yet.
 const CLAIM: &str = "
 WITH due AS MATERIALIZED (
     SELECT id FROM sms
     WHERE status = 'pending' AND due_at <= now()
+      AND (expires_at IS NULL OR expires_at > now())
     ORDER BY due_at, id
     LIMIT $1
     FOR NO KEY UPDATE SKIP LOCKED
@@ -112,14 +111,14 @@ event AS (
 )
 SELECT id, attempts, mobile_no, message FROM claimed ORDER BY id";
 
-// Outcomes arrive as parallel arrays (one statement per batch). The WHERE
+// Outcomes arrive as one JSON array (batch::OutcomeRow). The WHERE
 // clause is the fence: only a row still `sending` under this attempt and this
 // instance's lease changes; anything else is a stale write and is left alone.
 const RECORD: &str = "
 WITH input AS (
-    SELECT * FROM UNNEST($2::bigint[], $3::int[], $4::text[], $5::bigint[], $6::text[],
-                         $7::int[], $8::text[], $9::text[], $10::int[], $11::text[])
-        AS t(id, attempt, next_status, retry_ms, outcome, http_status, provider_message_id, error, segments, reason)
+    SELECT * FROM jsonb_to_recordset($2::jsonb) AS t(
+        id bigint, attempt int, next_status text, retry_ms bigint, outcome text, http_status int,
+        provider_message_id text, error text, segments int, reason text, provider text)
 ),
 updated AS (
     UPDATE sms SET
@@ -140,7 +139,7 @@ updated AS (
       AND sms.attempts = input.attempt
       AND sms.locked_by = $1
     RETURNING sms.id, input.attempt, input.next_status, input.outcome, input.http_status,
-              input.provider_message_id, input.error, input.reason
+              input.provider_message_id, input.error, input.reason, input.provider
 ),
 attempt AS (
     UPDATE sms_attempt a SET
@@ -148,7 +147,8 @@ attempt AS (
         outcome = u.outcome,
         http_status = u.http_status,
         provider_message_id = u.provider_message_id,
-        error = u.error
+        error = u.error,
+        provider = u.provider
     FROM updated u
     WHERE a.sms_id = u.id AND a.attempt = u.attempt
 ),
@@ -163,7 +163,7 @@ SELECT count(*) FROM updated";
 // events keep the story.
 const RELEASE: &str = "
 WITH input AS (
-    SELECT * FROM UNNEST($2::bigint[], $3::int[]) AS t(id, attempt)
+    SELECT * FROM jsonb_to_recordset($2::jsonb) AS t(id bigint, attempt int)
 ),
 released AS (
     UPDATE sms SET
@@ -225,173 +225,85 @@ event AS (
 )
 SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed') FROM reaped";
 
-// With a key already used, DO NOTHING returns no row and the caller looks the first one up.
-const ENQUEUE: &str = "
-INSERT INTO sms (client_id, staff_id, mobile_no, message, not_before, expires_at, idempotency_key)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING id";
-
-const BY_IDEMPOTENCY_KEY: &str = "SELECT id FROM sms WHERE idempotency_key = $1";
-
-const SMS_COLUMNS: &str = "id, client_id, staff_id, mobile_no, message, status, attempts, segments, \
-    created_at, updated_at, not_before, expires_at, next_attempt_at, locked_by, lease_expires_at, \
-    sent_at, delivered_at, provider_message_id, last_error";
-
-const STATUS_COUNTS: &str = "SELECT status, count(*) FROM sms GROUP BY status";
-
 const DUE_STATS: &str = "
 SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(due_at))::float8, 0)
 FROM sms WHERE status = 'pending' AND due_at <= now()";
 
-const GET: &str = "
-SELECT id, client_id, staff_id, mobile_no, message, status, attempts, segments, created_at,
-       updated_at, not_before, expires_at, next_attempt_at, locked_by, lease_expires_at,
-       sent_at, delivered_at, provider_message_id, last_error
-FROM sms WHERE id = $1";
-
-const ATTEMPTS: &str = "
-SELECT attempt, instance, started_at, finished_at, outcome, http_status, provider_message_id, error
-FROM sms_attempt WHERE sms_id = $1 ORDER BY attempt";
-
-const EVENTS: &str = "
-SELECT from_status, to_status, occurred_at, reason
-FROM sms_event WHERE sms_id = $1 ORDER BY id";
-
-/// Appends the WHERE clause of a list query; `keyset` adds the cursor condition.
-fn push_filter(sql: &mut QueryBuilder<Postgres>, query: &SmsQuery, keyset: bool) {
-    let f = &query.filter;
-    sql.push(" WHERE true");
-    if let Some(id) = f.client_id {
-        sql.push(" AND client_id = ").push_bind(id);
+/// Binds `args` in order.
+fn bind<'q>(
+    mut query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    args: &[Arg],
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    for arg in args {
+        query = match arg {
+            Arg::Int(v) => query.bind(*v),
+            Arg::Text(v) => query.bind(v.clone()),
+            Arg::Time(v) => query.bind(*v),
+        };
     }
-    if let Some(id) = f.staff_id {
-        sql.push(" AND staff_id = ").push_bind(id);
-    }
-    if !f.statuses.is_empty() {
-        let names: Vec<&str> = f.statuses.iter().map(|s| s.as_str()).collect();
-        sql.push(" AND status = ANY(").push_bind(names).push(")");
-    }
-    if let Some(number) = &f.mobile_no {
-        sql.push(" AND mobile_no = ").push_bind(number.clone());
-    }
-    if let Some(from) = f.created_from {
-        sql.push(" AND created_at >= ").push_bind(from);
-    }
-    if let Some(to) = f.created_to {
-        sql.push(" AND created_at < ").push_bind(to);
-    }
-    if let (
-        true,
-        Paging::Keyset {
-            after_id: Some(after),
-            ..
-        },
-    ) = (keyset, query.paging)
-    {
-        sql.push(if query.descending {
-            " AND id < "
-        } else {
-            " AND id > "
-        })
-        .push_bind(after);
-    }
-}
-
-/// A failing directory query is a configuration problem; say which.
-fn directory_error(e: sqlx::Error) -> StoreError {
-    match StoreError::from(e) {
-        StoreError::Database(e) => StoreError::Directory(format!(
-            "the [directory] query failed ({e}); set directory.client_query / directory.staff_query for your schema"
-        )),
-        other => other,
-    }
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn status_column(row: &PgRow, id: i64, column: &str) -> Result<Status, StoreError> {
-    let raw: String = row.try_get(column)?;
-    raw.parse().map_err(
-        |e: crate::domain::status::UnknownStatus| StoreError::BadRow {
-            id,
-            message: e.to_string(),
-        },
-    )
-}
-
-fn to_u32(value: Option<i32>) -> Option<u32> {
-    value.and_then(|v| u32::try_from(v).ok())
-}
-
-pub(crate) fn sms_from_row(row: &PgRow) -> Result<SmsRecord, StoreError> {
-    let id: i64 = row.try_get("id")?;
-    Ok(SmsRecord {
-        id,
-        client_id: row.try_get("client_id")?,
-        staff_id: row.try_get("staff_id")?,
-        mobile_no: row.try_get("mobile_no")?,
-        message: row.try_get("message")?,
-        status: status_column(row, id, "status")?,
-        attempts: to_u32(row.try_get("attempts")?).unwrap_or(0),
-        segments: to_u32(row.try_get("segments")?),
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        not_before: row.try_get("not_before")?,
-        expires_at: row.try_get("expires_at")?,
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        locked_by: row.try_get("locked_by")?,
-        lease_expires_at: row.try_get("lease_expires_at")?,
-        sent_at: row.try_get("sent_at")?,
-        delivered_at: row.try_get("delivered_at")?,
-        provider_message_id: row.try_get("provider_message_id")?,
-        last_error: row.try_get("last_error")?,
-    })
+    query
 }
 
 #[async_trait]
-impl Store for PgStore {
-    async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/postgres")
-            .run(&self.pool)
-            .await?;
+impl Backend for PgStore {
+    type Row = PgRow;
+
+    const MIGRATOR: &'static Migrator = &MIGRATOR;
+    const STYLE: Style = Style {
+        placeholder: Style::numbered,
+        nulls_last: true,
+    };
+    const MIGRATIONS_TABLE: &'static str = "SELECT count(*) AS n FROM pg_tables WHERE tablename = '_sqlx_migrations' AND schemaname = current_schema()";
+    const DEMO_INSERT: &'static str = concat!(
+        "INSERT",
+        crate::store::demo_rows!(),
+        " ON CONFLICT DO NOTHING"
+    );
+
+    async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<PgRow>, sqlx::Error> {
+        bind(sqlx::query(AssertSqlSafe(sql.to_owned())), args)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    fn directory(&self) -> &DirectorySql {
+        &self.directory
+    }
+
+    async fn apply_migrations(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+    async fn due_stats(&self) -> Result<(i64, f64), StoreError> {
+        Ok(sqlx::query_as(DUE_STATS).fetch_one(&self.pool).await?)
     }
+}
 
+#[async_trait]
+impl Queue for PgStore {
     async fn claim(
         &self,
         instance: &str,
         batch_size: u32,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let expired = sqlx::query(EXPIRE).execute(&mut *tx).await?.rows_affected();
+        let expired = sweep_expired(|| async {
+            let done = sqlx::query(EXPIRE)
+                .bind(i64::from(EXPIRE_BATCH))
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected())
+        })
+        .await?;
         let rows = sqlx::query(CLAIM)
             .bind(i64::from(batch_size))
             .bind(instance)
             .bind(millis(lease))
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
-        tx.commit().await?;
-        let messages = rows
-            .iter()
-            .map(|row| {
-                Ok(ClaimedSms {
-                    id: row.try_get("id")?,
-                    attempt: to_u32(row.try_get("attempts")?).unwrap_or(0),
-                    mobile_no: row.try_get("mobile_no")?,
-                    message: row.try_get("message")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        Ok(Claim { messages, expired })
+        let read = ClaimedRows::read(&rows, 0)?;
+        Ok(read.finish(self, instance, expired).await)
     }
 
     async fn record_outcomes(
@@ -402,66 +314,25 @@ impl Store for PgStore {
         if outcomes.is_empty() {
             return Ok(RecordReport::default());
         }
-        let n = outcomes.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut attempts = Vec::with_capacity(n);
-        let mut next_status = Vec::with_capacity(n);
-        let mut retry_ms = Vec::with_capacity(n);
-        let mut outcome = Vec::with_capacity(n);
-        let mut http_status = Vec::with_capacity(n);
-        let mut provider_ids = Vec::with_capacity(n);
-        let mut errors = Vec::with_capacity(n);
-        let mut segments = Vec::with_capacity(n);
-        let mut reasons = Vec::with_capacity(n);
-        for o in outcomes {
-            ids.push(o.id);
-            attempts.push(i32::try_from(o.attempt).unwrap_or(i32::MAX));
-            next_status.push(o.next.status().as_str());
-            retry_ms.push(match o.next {
-                NextState::Retry(after) => Some(millis(after)),
-                _ => None,
-            });
-            outcome.push(o.outcome.as_str());
-            http_status.push(o.http_status.map(i32::from));
-            provider_ids.push(o.provider_message_id.as_deref());
-            errors.push(o.error.as_deref());
-            segments.push(o.segments.map(|s| i32::try_from(s).unwrap_or(i32::MAX)));
-            reasons.push(o.reason.as_str());
-        }
+        let rows: Vec<OutcomeRow> = outcomes.iter().map(OutcomeRow::new).collect();
         let applied: i64 = sqlx::query_scalar(RECORD)
             .bind(instance)
-            .bind(&ids)
-            .bind(&attempts)
-            .bind(&next_status)
-            .bind(&retry_ms)
-            .bind(&outcome)
-            .bind(&http_status)
-            .bind(&provider_ids)
-            .bind(&errors)
-            .bind(&segments)
-            .bind(&reasons)
+            .bind(to_json(&rows)?)
             .fetch_one(&self.pool)
             .await?;
-        let applied = u64::try_from(applied).unwrap_or(0);
-        Ok(RecordReport {
-            applied,
-            stale: n as u64 - applied.min(n as u64),
-        })
+        Ok(record_report(outcomes.len(), applied))
     }
+}
 
+#[async_trait]
+impl Leases for PgStore {
     async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError> {
         if claims.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<i64> = claims.iter().map(|(id, _)| *id).collect();
-        let attempts: Vec<i32> = claims
-            .iter()
-            .map(|(_, a)| i32::try_from(*a).unwrap_or(i32::MAX))
-            .collect();
         let released: i64 = sqlx::query_scalar(RELEASE)
             .bind(instance)
-            .bind(&ids)
-            .bind(&attempts)
+            .bind(to_json(&AttemptRef::all(claims))?)
             .fetch_one(&self.pool)
             .await?;
         Ok(u64::try_from(released).unwrap_or(0))
@@ -495,198 +366,5 @@ impl Store for PgStore {
             failed: u64::try_from(failed).unwrap_or(0),
             skipped: false,
         })
-    }
-
-    async fn enqueue(&self, sms: &NewSms) -> Result<Enqueued, StoreError> {
-        let (client_id, staff_id) = match sms.recipient {
-            Recipient::Client(id) => (Some(id), None),
-            Recipient::Staff(id) => (None, Some(id)),
-        };
-        let inserted: Option<i64> = sqlx::query_scalar(ENQUEUE)
-            .bind(client_id)
-            .bind(staff_id)
-            .bind(&sms.mobile_no)
-            .bind(&sms.message)
-            .bind(sms.not_before)
-            .bind(sms.expires_at)
-            .bind(&sms.idempotency_key)
-            .fetch_optional(&self.pool)
-            .await?;
-        if let Some(id) = inserted {
-            return Ok(Enqueued { id, created: true });
-        }
-        let id: i64 = sqlx::query_scalar(BY_IDEMPOTENCY_KEY)
-            .bind(&sms.idempotency_key)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(Enqueued { id, created: false })
-    }
-
-    async fn list(&self, query: &SmsQuery) -> Result<Page, StoreError> {
-        let direction = if query.descending { "DESC" } else { "ASC" };
-        let mut order = String::from(" ORDER BY ");
-        if matches!(query.paging, Paging::Offset { .. }) && query.order_by != OrderBy::Id {
-            // NULLs last either way, so the order does not flip with the direction;
-            // only for nullable columns, where it cannot stop an index from serving the order.
-            order.push_str(query.order_by.column());
-            order.push(' ');
-            order.push_str(direction);
-            order.push_str(if query.order_by.nullable() {
-                " NULLS LAST, "
-            } else {
-                ", "
-            });
-        }
-        order.push_str("id ");
-        order.push_str(direction);
-        // The page's ids first, then their rows. The inner query is an index-only
-        // scan when an index holds the filter and the order (sms_client_idx for a
-        // client's messages by id), so the planner cannot prefer walking the primary
-        // key and filtering on client_id, which reads most of the table for a busy
-        // client whose messages are all recent; and OFFSET skips index entries, not rows.
-        let mut select = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {SMS_COLUMNS} FROM sms WHERE id IN (SELECT id FROM sms"
-        ));
-        push_filter(&mut select, query, true);
-        select.push(&order).push(" LIMIT ");
-        match query.paging {
-            Paging::Offset { offset, limit } => {
-                select
-                    .push_bind(i64::from(limit))
-                    .push(" OFFSET ")
-                    .push_bind(i64::try_from(offset).unwrap_or(i64::MAX));
-            }
-            Paging::Keyset { limit, .. } => {
-                select.push_bind(i64::from(limit) + 1);
-            }
-        }
-        select.push(")").push(&order);
-        let rows = select.build().fetch_all(&self.pool).await?;
-        let mut items = rows
-            .iter()
-            .map(sms_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let (total, has_more) = match query.paging {
-            Paging::Offset { .. } => {
-                let mut count = QueryBuilder::<Postgres>::new("SELECT count(*) FROM sms");
-                push_filter(&mut count, query, false);
-                let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
-                (Some(u64::try_from(total).unwrap_or(0)), false)
-            }
-            Paging::Keyset { limit, .. } => {
-                let more = items.len() > limit as usize;
-                items.truncate(limit as usize);
-                (None, more)
-            }
-        };
-        Ok(Page {
-            total,
-            items,
-            has_more,
-        })
-    }
-
-    async fn create_demo_directory(&self) -> Result<(), StoreError> {
-        sqlx::query(super::DEMO_CREATE).execute(&self.pool).await?;
-        sqlx::query(concat!(
-            "INSERT",
-            crate::store::demo_rows!(),
-            " ON CONFLICT DO NOTHING"
-        ))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn lookup_mobile(&self, recipient: Recipient) -> Result<Lookup, StoreError> {
-        let (sql, id) = match recipient {
-            Recipient::Client(id) => (&self.client_query, id),
-            Recipient::Staff(id) => (&self.staff_query, id),
-        };
-        // The directory SQL comes from the operator's config, never from a request.
-        let found: Option<Option<String>> = sqlx::query_scalar(AssertSqlSafe(sql.clone()))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(directory_error)?;
-        Ok(match found {
-            None => Lookup::NotFound,
-            Some(Some(number)) if !number.trim().is_empty() => Lookup::Found(number),
-            Some(_) => Lookup::NoNumber,
-        })
-    }
-
-    async fn ready(&self) -> Result<bool, StoreError> {
-        let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-                .fetch_one(&self.pool)
-                .await
-                .or_else(|e| match &e {
-                    // No migrations table yet: reachable but not migrated.
-                    sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Ok(None),
-                    _ => Err(e),
-                })?;
-        Ok(applied.unwrap_or(0) >= latest)
-    }
-
-    async fn stats(&self) -> Result<QueueStats, StoreError> {
-        let counts: Vec<(String, i64)> =
-            sqlx::query_as(STATUS_COUNTS).fetch_all(&self.pool).await?;
-        let (due, oldest): (i64, f64) = sqlx::query_as(DUE_STATS).fetch_one(&self.pool).await?;
-        let by_status = Status::ALL
-            .iter()
-            .map(|status| {
-                let n = counts
-                    .iter()
-                    .find(|(name, _)| name == status.as_str())
-                    .map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
-                (*status, n)
-            })
-            .collect();
-        Ok(QueueStats {
-            by_status,
-            due: u64::try_from(due).unwrap_or(0),
-            oldest_due_age_secs: oldest.max(0.0),
-        })
-    }
-
-    async fn get(&self, id: i64) -> Result<Option<SmsRecord>, StoreError> {
-        let row = sqlx::query(GET).bind(id).fetch_optional(&self.pool).await?;
-        row.as_ref().map(sms_from_row).transpose()
-    }
-
-    async fn attempts(&self, id: i64) -> Result<Vec<AttemptRecord>, StoreError> {
-        let rows = sqlx::query(ATTEMPTS).bind(id).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AttemptRecord {
-                    attempt: to_u32(row.try_get("attempt")?).unwrap_or(0),
-                    instance: row.try_get("instance")?,
-                    started_at: row.try_get("started_at")?,
-                    finished_at: row.try_get("finished_at")?,
-                    outcome: row.try_get("outcome")?,
-                    http_status: row
-                        .try_get::<Option<i32>, _>("http_status")?
-                        .and_then(|s| u16::try_from(s).ok()),
-                    provider_message_id: row.try_get("provider_message_id")?,
-                    error: row.try_get("error")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn events(&self, id: i64) -> Result<Vec<EventRecord>, StoreError> {
-        let rows = sqlx::query(EVENTS).bind(id).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(EventRecord {
-                    from_status: status_column(row, id, "from_status")?,
-                    to_status: status_column(row, id, "to_status")?,
-                    occurred_at: row.try_get("occurred_at")?,
-                    reason: row.try_get("reason")?,
-                })
-            })
-            .collect()
     }
 }

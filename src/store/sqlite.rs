@@ -26,20 +26,18 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
+use sqlx::{AssertSqlSafe, Row, Sqlite};
 use time::OffsetDateTime;
 
+use super::backend::{Backend, DirectorySql};
 use super::batch::{
-    AttemptRef, OutcomeRow, by_status, directory_error, first_per_id, lookup_from, millis,
-    parse_status, to_json, to_u32,
+    AttemptRef, EXPIRE_BATCH, OutcomeRow, first_per_id, millis, parse_status, record_report,
+    sweep_expired, to_json,
 };
-use super::{
-    Claim, Enqueued, Lookup, Page, Paging, QueueStats, ReapReport, RecordReport, SmsQuery, Store,
-    StoreError, StoreOptions,
-};
-use crate::domain::{
-    AttemptRecord, ClaimedSms, EventRecord, NewSms, Outcome, Recipient, SmsRecord, Status,
-};
+use super::query::{Arg, Style};
+use super::rows::ClaimedRows;
+use super::{Claim, Leases, Queue, ReapReport, RecordReport, Schema, StoreError, StoreOptions};
+use crate::domain::{Outcome, Status};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -55,8 +53,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    client_query: String,
-    staff_query: String,
+    directory: DirectorySql,
 }
 
 impl SqliteStore {
@@ -92,17 +89,9 @@ impl SqliteStore {
             .max_connections(options.pool_size)
             .acquire_timeout(options.connect_timeout)
             .connect_lazy_with(connect);
-        let directory = &options.directory;
         Ok(Self {
             pool,
-            client_query: directory
-                .client_query
-                .clone()
-                .unwrap_or_else(|| CLIENT_QUERY.into()),
-            staff_query: directory
-                .staff_query
-                .clone()
-                .unwrap_or_else(|| STAFF_QUERY.into()),
+            directory: DirectorySql::new(&options.directory, CLIENT_QUERY, STAFF_QUERY),
         })
     }
 
@@ -127,15 +116,15 @@ pub fn from_ms(ms: i64) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
 }
 
-// Expired pending rows become `failed` before the claim looks for work, so an
-// expired message is never sent. ?1 = now.
+// One batch of the expiry sweep: expired pending rows become `failed`.
+// ?1 = now, ?2 = batch size.
 const EXPIRE: &str = "
 UPDATE sms SET status = 'failed', last_error = 'expired', updated_at = ?1
 WHERE id IN (
     SELECT id FROM sms
     WHERE status = 'pending' AND expires_at <= ?1
     ORDER BY expires_at
-    LIMIT 1000)
+    LIMIT ?2)
 RETURNING id";
 
 // ?1 = JSON array of ids, ?2 = now.
@@ -144,7 +133,8 @@ INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
 SELECT value, 'pending', 'failed', 'expired before it could be sent', ?2 FROM json_each(?1)";
 
 // The claim. The subquery picks due rows in due order; under BEGIN IMMEDIATE
-// no other writer can pick the same rows before we commit.
+// no other writer can pick the same rows before we commit. A row past
+// `expires_at` is never claimed, whether or not the sweep has reached it yet.
 // ?1 = now, ?2 = instance, ?3 = lease in ms, ?4 = batch size.
 const CLAIM: &str = "
 UPDATE sms SET
@@ -156,6 +146,7 @@ UPDATE sms SET
 WHERE id IN (
     SELECT id FROM sms
     WHERE status = 'pending' AND due_at <= ?1
+      AND (expires_at IS NULL OR expires_at > ?1)
     ORDER BY due_at, id
     LIMIT ?4)
 RETURNING id, attempts, mobile_no, message";
@@ -205,11 +196,12 @@ UPDATE sms_attempt SET
     outcome = i.outcome,
     http_status = i.http_status,
     provider_message_id = i.provider_message_id,
-    error = i.error
+    error = i.error,
+    provider = i.provider
 FROM (SELECT value ->> '$.id' AS id, value ->> '$.attempt' AS attempt,
              value ->> '$.outcome' AS outcome, value ->> '$.http_status' AS http_status,
              value ->> '$.provider_message_id' AS provider_message_id,
-             value ->> '$.error' AS error
+             value ->> '$.error' AS error, value ->> '$.provider' AS provider
       FROM json_each(?1)) AS i
 WHERE sms_attempt.sms_id = i.id AND sms_attempt.attempt = i.attempt";
 
@@ -276,164 +268,96 @@ SELECT id, 'sending', status,
        CASE WHEN status = 'failed' THEN 'attempts exhausted: ' || last_error ELSE last_error END, ?2
 FROM sms WHERE id IN (SELECT value FROM json_each(?1))";
 
-// With a key already used, DO NOTHING returns no row and the caller looks the first one up.
-const ENQUEUE: &str = "
-INSERT INTO sms (client_id, staff_id, mobile_no, message, not_before, expires_at, idempotency_key)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING id";
-
-const BY_IDEMPOTENCY_KEY: &str = "SELECT id FROM sms WHERE idempotency_key = ?1";
-
-const SMS_COLUMNS: &str = "id, client_id, staff_id, mobile_no, message, status, attempts, segments, \
-    created_at, updated_at, not_before, expires_at, next_attempt_at, locked_by, lease_expires_at, \
-    sent_at, delivered_at, provider_message_id, last_error";
-
-const STATUS_COUNTS: &str = "SELECT status, count(*) FROM sms GROUP BY status";
-
-// ?1 = now.
+// ?1 = now; the age comes back in milliseconds.
 const DUE_STATS: &str = "
 SELECT count(*), COALESCE(?1 - min(due_at), 0)
 FROM sms WHERE status = 'pending' AND due_at <= ?1";
 
-const GET: &str = "
-SELECT id, client_id, staff_id, mobile_no, message, status, attempts, segments, created_at,
-       updated_at, not_before, expires_at, next_attempt_at, locked_by, lease_expires_at,
-       sent_at, delivered_at, provider_message_id, last_error
-FROM sms WHERE id = ?1";
-
-const ATTEMPTS: &str = "
-SELECT attempt, instance, started_at, finished_at, outcome, http_status, provider_message_id, error
-FROM sms_attempt WHERE sms_id = ?1 ORDER BY attempt";
-
-const EVENTS: &str = "
-SELECT from_status, to_status, occurred_at, reason
-FROM sms_event WHERE sms_id = ?1 ORDER BY id";
-
-fn time_column(row: &SqliteRow, id: i64, column: &str) -> Result<OffsetDateTime, StoreError> {
-    let ms: i64 = row.try_get(column)?;
-    from_ms(ms).ok_or_else(|| StoreError::BadRow {
-        id,
-        message: format!("{column} = {ms} is not a time in epoch milliseconds"),
-    })
-}
-
-fn opt_time_column(
-    row: &SqliteRow,
-    id: i64,
-    column: &str,
-) -> Result<Option<OffsetDateTime>, StoreError> {
-    let ms: Option<i64> = row.try_get(column)?;
-    ms.map(|ms| {
-        from_ms(ms).ok_or_else(|| StoreError::BadRow {
-            id,
-            message: format!("{column} = {ms} is not a time in epoch milliseconds"),
-        })
-    })
-    .transpose()
-}
-
-fn sms_from_row(row: &SqliteRow) -> Result<SmsRecord, StoreError> {
-    let id: i64 = row.try_get("id")?;
-    let status: String = row.try_get("status")?;
-    Ok(SmsRecord {
-        id,
-        client_id: row.try_get("client_id")?,
-        staff_id: row.try_get("staff_id")?,
-        mobile_no: row.try_get("mobile_no")?,
-        message: row.try_get("message")?,
-        status: parse_status(id, &status)?,
-        attempts: to_u32(row.try_get("attempts")?).unwrap_or(0),
-        segments: to_u32(row.try_get("segments")?),
-        created_at: time_column(row, id, "created_at")?,
-        updated_at: time_column(row, id, "updated_at")?,
-        not_before: opt_time_column(row, id, "not_before")?,
-        expires_at: opt_time_column(row, id, "expires_at")?,
-        next_attempt_at: opt_time_column(row, id, "next_attempt_at")?,
-        locked_by: row.try_get("locked_by")?,
-        lease_expires_at: opt_time_column(row, id, "lease_expires_at")?,
-        sent_at: opt_time_column(row, id, "sent_at")?,
-        delivered_at: opt_time_column(row, id, "delivered_at")?,
-        provider_message_id: row.try_get("provider_message_id")?,
-        last_error: row.try_get("last_error")?,
-    })
-}
-
-/// Appends the WHERE clause of a list query; `keyset` adds the cursor condition.
-fn push_filter(sql: &mut QueryBuilder<Sqlite>, query: &SmsQuery, keyset: bool) {
-    let f = &query.filter;
-    sql.push(" WHERE 1 = 1");
-    if let Some(id) = f.client_id {
-        sql.push(" AND client_id = ").push_bind(id);
+/// Binds `args` in order; times as epoch milliseconds.
+fn bind<'q>(
+    mut query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
+    args: &[Arg],
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    for arg in args {
+        query = match arg {
+            Arg::Int(v) => query.bind(*v),
+            Arg::Text(v) => query.bind(v.clone()),
+            Arg::Time(v) => query.bind(v.map(to_ms)),
+        };
     }
-    if let Some(id) = f.staff_id {
-        sql.push(" AND staff_id = ").push_bind(id);
-    }
-    if !f.statuses.is_empty() {
-        sql.push(" AND status IN (");
-        let mut names = sql.separated(", ");
-        for status in &f.statuses {
-            names.push_bind(status.as_str());
-        }
-        sql.push(")");
-    }
-    if let Some(number) = &f.mobile_no {
-        sql.push(" AND mobile_no = ").push_bind(number.clone());
-    }
-    if let Some(from) = f.created_from {
-        sql.push(" AND created_at >= ").push_bind(to_ms(from));
-    }
-    if let Some(to) = f.created_to {
-        sql.push(" AND created_at < ").push_bind(to_ms(to));
-    }
-    if let (
-        true,
-        Paging::Keyset {
-            after_id: Some(after),
-            ..
-        },
-    ) = (keyset, query.paging)
-    {
-        sql.push(if query.descending {
-            " AND id < "
-        } else {
-            " AND id > "
-        })
-        .push_bind(after);
-    }
+    query
 }
 
 #[async_trait]
-impl Store for SqliteStore {
-    async fn migrate(&self) -> Result<(), StoreError> {
-        match MIGRATOR.run(&self.pool).await {
-            Ok(()) => Ok(()),
-            // SQLite has no advisory lock: two processes starting on a fresh file
-            // race, and the loser's CREATE TABLE fails once the winner has
-            // committed. If everything is applied now, the race is harmless.
-            Err(e) if self.ready().await.unwrap_or(false) => {
+impl Backend for SqliteStore {
+    type Row = SqliteRow;
+
+    const MIGRATOR: &'static Migrator = &MIGRATOR;
+    const STYLE: Style = Style {
+        placeholder: Style::question_mark,
+        nulls_last: true,
+    };
+    const MIGRATIONS_TABLE: &'static str = "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'";
+    const DEMO_INSERT: &'static str = concat!("INSERT OR IGNORE", crate::store::demo_rows!());
+
+    async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<SqliteRow>, sqlx::Error> {
+        bind(sqlx::query(AssertSqlSafe(sql.to_owned())), args)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    fn directory(&self) -> &DirectorySql {
+        &self.directory
+    }
+
+    async fn apply_migrations(&self) -> Result<(), StoreError> {
+        // SQLite has no advisory lock: two processes starting on a fresh file
+        // race, and the loser's statement of a migration fails once the winner
+        // has committed that migration. Running again skips what the winner
+        // applied; only a failure while nobody makes progress is real.
+        let mut applied = self.applied_migrations().await;
+        loop {
+            let Err(e) = MIGRATOR.run(&self.pool).await else {
+                return Ok(());
+            };
+            if self.ready().await.unwrap_or(false) {
                 tracing::debug!(error = %e, "another process applied the migrations first");
-                Ok(())
+                return Ok(());
             }
-            Err(e) => Err(e.into()),
+            let now = self.applied_migrations().await;
+            if now <= applied {
+                return Err(e.into());
+            }
+            tracing::debug!(error = %e, "another process is applying the migrations");
+            applied = now;
         }
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+    async fn due_stats(&self) -> Result<(i64, f64), StoreError> {
+        let (due, oldest_ms): (i64, i64) = sqlx::query_as(DUE_STATS)
+            .bind(now_ms())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((due, oldest_ms as f64 / 1000.0))
+    }
+}
+
+impl SqliteStore {
+    /// How many migrations are applied (0 before the first).
+    async fn applied_migrations(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or(0)
     }
 
-    async fn claim(
-        &self,
-        instance: &str,
-        batch_size: u32,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
+    /// One transaction of the expiry sweep; returns how many rows it failed.
+    async fn expire_batch(&self) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
         let expired: Vec<i64> = sqlx::query_scalar(EXPIRE)
             .bind(now)
+            .bind(i64::from(EXPIRE_BATCH))
             .fetch_all(&mut *tx)
             .await?;
         if !expired.is_empty() {
@@ -443,6 +367,22 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        tx.commit().await?;
+        Ok(expired.len() as u64)
+    }
+}
+
+#[async_trait]
+impl Queue for SqliteStore {
+    async fn claim(
+        &self,
+        instance: &str,
+        batch_size: u32,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let expired = sweep_expired(|| self.expire_batch()).await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_ms();
         let rows = sqlx::query(CLAIM)
             .bind(now)
             .bind(instance)
@@ -450,27 +390,10 @@ impl Store for SqliteStore {
             .bind(i64::from(batch_size))
             .fetch_all(&mut *tx)
             .await?;
-        let mut messages = rows
-            .iter()
-            .map(|row| {
-                Ok(ClaimedSms {
-                    id: row.try_get("id")?,
-                    attempt: to_u32(row.try_get("attempts")?).unwrap_or(0),
-                    mobile_no: row.try_get("mobile_no")?,
-                    message: row.try_get("message")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        messages.sort_by_key(|m| m.id);
-        if !messages.is_empty() {
-            let claimed: Vec<AttemptRef> = messages
-                .iter()
-                .map(|m| AttemptRef {
-                    id: m.id,
-                    attempt: i64::from(m.attempt),
-                })
-                .collect();
-            let claimed = to_json(&claimed)?;
+        let read = ClaimedRows::read(&rows, 0)?;
+        let refs = read.refs();
+        if !refs.is_empty() {
+            let claimed = to_json(&refs)?;
             for statement in [CLAIM_ATTEMPTS, CLAIM_EVENTS] {
                 sqlx::query(statement)
                     .bind(&claimed)
@@ -481,10 +404,7 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().await?;
-        Ok(Claim {
-            messages,
-            expired: expired.len() as u64,
-        })
+        Ok(read.finish(self, instance, expired).await)
     }
 
     async fn record_outcomes(
@@ -523,25 +443,17 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().await?;
-        let n = outcomes.len() as u64;
-        let applied = applied.len() as u64;
-        Ok(RecordReport {
-            applied,
-            stale: n - applied.min(n),
-        })
+        Ok(record_report(outcomes.len(), applied.len()))
     }
+}
 
+#[async_trait]
+impl Leases for SqliteStore {
     async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError> {
         if claims.is_empty() {
             return Ok(0);
         }
-        let input: Vec<AttemptRef> = first_per_id(claims, |(id, _)| *id)
-            .into_iter()
-            .map(|(id, attempt)| AttemptRef {
-                id: *id,
-                attempt: i64::from(*attempt),
-            })
-            .collect();
+        let input = AttemptRef::all(first_per_id(claims, |(id, _)| *id));
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
         let released: Vec<i64> = sqlx::query_scalar(RELEASE)
@@ -615,178 +527,6 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(report)
-    }
-
-    async fn enqueue(&self, sms: &NewSms) -> Result<Enqueued, StoreError> {
-        let (client_id, staff_id) = match sms.recipient {
-            Recipient::Client(id) => (Some(id), None),
-            Recipient::Staff(id) => (None, Some(id)),
-        };
-        let inserted: Option<i64> = sqlx::query_scalar(ENQUEUE)
-            .bind(client_id)
-            .bind(staff_id)
-            .bind(&sms.mobile_no)
-            .bind(&sms.message)
-            .bind(sms.not_before.map(to_ms))
-            .bind(sms.expires_at.map(to_ms))
-            .bind(&sms.idempotency_key)
-            .fetch_optional(&self.pool)
-            .await?;
-        if let Some(id) = inserted {
-            return Ok(Enqueued { id, created: true });
-        }
-        let id: i64 = sqlx::query_scalar(BY_IDEMPOTENCY_KEY)
-            .bind(&sms.idempotency_key)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(Enqueued { id, created: false })
-    }
-
-    async fn list(&self, query: &SmsQuery) -> Result<Page, StoreError> {
-        let direction = if query.descending { "DESC" } else { "ASC" };
-        let mut select = QueryBuilder::<Sqlite>::new(format!("SELECT {SMS_COLUMNS} FROM sms"));
-        push_filter(&mut select, query, true);
-        let rows = match query.paging {
-            Paging::Offset { offset, limit } => {
-                // NULLs sort last either way so the order does not flip with the direction.
-                select
-                    .push(" ORDER BY ")
-                    .push(query.order_by.column())
-                    .push(" ")
-                    .push(direction)
-                    .push(" NULLS LAST, id ")
-                    .push(direction)
-                    .push(" LIMIT ")
-                    .push_bind(i64::from(limit))
-                    .push(" OFFSET ")
-                    .push_bind(i64::try_from(offset).unwrap_or(i64::MAX));
-                select.build().fetch_all(&self.pool).await?
-            }
-            Paging::Keyset { limit, .. } => {
-                select
-                    .push(" ORDER BY id ")
-                    .push(direction)
-                    .push(" LIMIT ")
-                    .push_bind(i64::from(limit) + 1);
-                select.build().fetch_all(&self.pool).await?
-            }
-        };
-        let mut items = rows
-            .iter()
-            .map(sms_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let (total, has_more) = match query.paging {
-            Paging::Offset { .. } => {
-                let mut count = QueryBuilder::<Sqlite>::new("SELECT count(*) FROM sms");
-                push_filter(&mut count, query, false);
-                let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
-                (Some(u64::try_from(total).unwrap_or(0)), false)
-            }
-            Paging::Keyset { limit, .. } => {
-                let more = items.len() > limit as usize;
-                items.truncate(limit as usize);
-                (None, more)
-            }
-        };
-        Ok(Page {
-            total,
-            items,
-            has_more,
-        })
-    }
-
-    async fn create_demo_directory(&self) -> Result<(), StoreError> {
-        sqlx::query(super::DEMO_CREATE).execute(&self.pool).await?;
-        sqlx::query(concat!("INSERT OR IGNORE", crate::store::demo_rows!()))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn lookup_mobile(&self, recipient: Recipient) -> Result<Lookup, StoreError> {
-        let (sql, id) = match recipient {
-            Recipient::Client(id) => (&self.client_query, id),
-            Recipient::Staff(id) => (&self.staff_query, id),
-        };
-        // The directory SQL comes from the operator's config, never from a request.
-        let found: Option<Option<String>> = sqlx::query_scalar(AssertSqlSafe(sql.clone()))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(directory_error)?;
-        Ok(lookup_from(found))
-    }
-
-    async fn ready(&self) -> Result<bool, StoreError> {
-        let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-        let has_table: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        if has_table == 0 {
-            return Ok(false);
-        }
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(applied.unwrap_or(0) >= latest)
-    }
-
-    async fn stats(&self) -> Result<QueueStats, StoreError> {
-        let counts: Vec<(String, i64)> =
-            sqlx::query_as(STATUS_COUNTS).fetch_all(&self.pool).await?;
-        let (due, oldest_ms): (i64, i64) = sqlx::query_as(DUE_STATS)
-            .bind(now_ms())
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(QueueStats {
-            by_status: by_status(&counts),
-            due: u64::try_from(due).unwrap_or(0),
-            oldest_due_age_secs: (oldest_ms as f64 / 1000.0).max(0.0),
-        })
-    }
-
-    async fn get(&self, id: i64) -> Result<Option<SmsRecord>, StoreError> {
-        let row = sqlx::query(GET).bind(id).fetch_optional(&self.pool).await?;
-        row.as_ref().map(sms_from_row).transpose()
-    }
-
-    async fn attempts(&self, id: i64) -> Result<Vec<AttemptRecord>, StoreError> {
-        let rows = sqlx::query(ATTEMPTS).bind(id).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AttemptRecord {
-                    attempt: to_u32(row.try_get("attempt")?).unwrap_or(0),
-                    instance: row.try_get("instance")?,
-                    started_at: time_column(row, id, "started_at")?,
-                    finished_at: opt_time_column(row, id, "finished_at")?,
-                    outcome: row.try_get("outcome")?,
-                    http_status: row
-                        .try_get::<Option<i32>, _>("http_status")?
-                        .and_then(|s| u16::try_from(s).ok()),
-                    provider_message_id: row.try_get("provider_message_id")?,
-                    error: row.try_get("error")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn events(&self, id: i64) -> Result<Vec<EventRecord>, StoreError> {
-        let rows = sqlx::query(EVENTS).bind(id).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                let from: String = row.try_get("from_status")?;
-                let to: String = row.try_get("to_status")?;
-                Ok(EventRecord {
-                    from_status: parse_status(id, &from)?,
-                    to_status: parse_status(id, &to)?,
-                    occurred_at: time_column(row, id, "occurred_at")?,
-                    reason: row.try_get("reason")?,
-                })
-            })
-            .collect()
     }
 }
 

@@ -31,6 +31,11 @@ impl Drop for TestApp {
 }
 
 async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// [`spawn_app`] with `configure` applied to the config first.
+async fn spawn_app_with(configure: impl FnOnce(&mut smsrelay::settings::Config)) -> TestApp {
     let db = TestDb::new().await;
     sqlx::raw_sql(
         "CREATE TABLE m_client (id bigint PRIMARY KEY, mobile_no varchar(50));
@@ -63,6 +68,7 @@ async fn spawn_app() -> TestApp {
         secrets.push(token);
     }
     config.api.tokens = tokens;
+    configure(&mut config);
     config.validate().unwrap();
     let app = smsrelay::app::Application::from_parts(&config, db.store(), webhook(&config))
         .with_api(&config)
@@ -70,7 +76,11 @@ async fn spawn_app() -> TestApp {
     let base = format!("http://{}", app.api_addr().unwrap());
     let stop = CancellationToken::new();
     tokio::spawn(app.run_until_stopped(stop.clone()));
-    let http = reqwest::Client::new();
+    // No idle pooled connections: a test of connection limits counts its own alone.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
             http.get(format!("{base}/readyz"))
@@ -889,5 +899,618 @@ async fn openapi_describes_what_is_served() {
     assert_eq!(
         keys(&detail["statusHistory"][0]),
         schema_keys("StatusChange")
+    );
+}
+
+/// The number of rows in `sms`.
+async fn rows(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM sms")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn message_text_is_checked_before_anything_is_stored() {
+    let app = spawn_app().await;
+    for message in [
+        "hello\u{0}world",
+        "ring\u{7}",
+        "\u{1b}[31mred",
+        "\u{200B}\u{200C}\u{200D}\u{2060}\u{FEFF}",
+        " \u{200B}\n\u{FE0F} ",
+    ] {
+        let (status, reply) = app
+            .post(
+                json!({"message": message, "clientId": 1}),
+                &app.read_send,
+                None,
+            )
+            .await;
+        assert_eq!(status, 400, "{message:?}: {reply}");
+        assert_eq!(
+            assert_error_shape(&reply, status).as_deref(),
+            Some("message"),
+            "{message:?}"
+        );
+    }
+    let (_, reply) = app
+        .post(
+            json!({"message": "hello\u{0}world", "clientId": 1}),
+            &app.read_send,
+            None,
+        )
+        .await;
+    // The dispatcher records the same words for a row INSERTed with this text.
+    assert_eq!(
+        reply["errors"][0]["developerMessage"],
+        "message contains the control character U+0000 at character 6; only newline, tab and carriage return are allowed"
+    );
+    assert_eq!(rows(&app).await, 0, "nothing was stored");
+    // Line breaks, tabs and a zero-width joiner inside real text are fine.
+    let (status, created) = app
+        .post(
+            json!({"message": "Dear client,\r\n\tpaid 👨\u{200D}👩", "clientId": 1}),
+            &app.read_send,
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+}
+
+#[tokio::test]
+async fn query_values_beyond_what_the_databases_store_are_400s() {
+    let app = spawn_app().await;
+    for (query, parameter) in [
+        ("mobileNo=%00", "mobileNo"),
+        ("mobileNo=%2B254711%0A000004", "mobileNo"),
+        ("createdFrom=-4713-01-01", "createdFrom"),
+        ("createdFrom=0000-01-01", "createdFrom"),
+        ("createdFrom=0999-12-31T23:59:59Z", "createdFrom"),
+        ("createdTo=9999-12-31T23:30:00-01:00", "createdTo"),
+        ("offset=9223372036854775808", "offset"),
+        ("offset=18446744073709551615", "offset"),
+        ("offset=%2B1", "offset"),
+        ("limit=%2B5", "limit"),
+        ("limit=05", "limit"),
+        ("clientId=%2B1", "clientId"),
+        ("clientId=01", "clientId"),
+        ("staffId=9223372036854775808", "staffId"),
+        ("orderBy=created_at", "orderBy"),
+        ("orderBy=client_id", "orderBy"),
+        ("orderBy=sent_at", "orderBy"),
+    ] {
+        let (status, body) = app.get(&format!("/sms?{query}"), &app.read_only).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(
+            assert_error_shape(&body, StatusCode::BAD_REQUEST).as_deref(),
+            Some(parameter),
+            "{query}"
+        );
+    }
+    let a = app
+        .insert_at(Some(1), None, "+254711000001", "2026-11-01T08:00:00Z")
+        .await;
+    // The edges themselves are accepted.
+    for (query, expected) in [
+        ("createdFrom=1000-01-01&createdTo=9999-12-31", vec![a]),
+        ("createdTo=9999-12-31T23:59:59.999999Z", vec![a]),
+        ("offset=9223372036854775807", vec![]),
+        ("offset=0&limit=1", vec![a]),
+        ("clientId=9223372036854775807", vec![]),
+    ] {
+        let (status, page) = app.get(&format!("/sms?{query}"), &app.read_only).await;
+        assert_eq!(status, 200, "{query}: {page}");
+        assert_eq!(ids(&page), expected, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn path_ids_are_canonical() {
+    let app = spawn_app().await;
+    let id = app
+        .insert_at(Some(1), None, "+254711000001", "2026-11-01T08:00:00Z")
+        .await;
+    assert_eq!(app.get(&format!("/sms/{id}"), &app.read_only).await.0, 200);
+    for path in [
+        format!("/sms/%2B{id}"),
+        format!("/sms/0{id}"),
+        format!("/sms/{id}%20"),
+        "/sms/9223372036854775808".to_owned(),
+        "/sms/-1".to_owned(),
+    ] {
+        let (status, body) = app.get(&path, &app.read_only).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(
+            assert_error_shape(&body, status).as_deref(),
+            Some("id"),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_post_body_must_be_one_json_object() {
+    let app = spawn_app().await;
+    for body in [
+        r#"["text", null, 1]"#,
+        r#" ["Hello", 1, null]"#,
+        r#""message""#,
+        "null",
+        "1",
+    ] {
+        let response = app
+            .http
+            .post(format!("{}/sms", app.base))
+            .bearer_auth(&app.read_send)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let reply: Value = response.json().await.unwrap();
+        assert_eq!(status, 400, "{body}: {reply}");
+        assert_eq!(
+            assert_error_shape(&reply, status).as_deref(),
+            Some("body"),
+            "{body}"
+        );
+    }
+    assert_eq!(rows(&app).await, 0, "no SMS from a JSON array");
+}
+
+#[tokio::test]
+async fn a_repeated_authorization_or_idempotency_key_header_is_refused() {
+    let app = spawn_app().await;
+    let url = format!("{}/sms", app.base);
+    let response = app
+        .http
+        .get(&url)
+        .header("authorization", format!("Bearer {}", app.read_only))
+        .header("authorization", "Bearer smsr_someone-else")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        assert_error_shape(&body, status).as_deref(),
+        Some("Authorization")
+    );
+    let response = app
+        .http
+        .post(&url)
+        .bearer_auth(&app.read_send)
+        .header("idempotency-key", "txn-1")
+        .header("idempotency-key", "txn-2")
+        .json(&json!({"message": "hello", "clientId": 1}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        assert_error_shape(&body, status).as_deref(),
+        Some("Idempotency-Key")
+    );
+    assert_eq!(rows(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_token_without_the_send_scope_gets_403_whatever_its_body() {
+    let app = spawn_app().await;
+    let post = |body: String, content_type: &'static str| {
+        app.http
+            .post(format!("{}/sms", app.base))
+            .bearer_auth(&app.read_only)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    for (body, content_type) in [
+        (
+            r#"{"message": "x", "clientId": "#.to_owned(),
+            "application/json",
+        ),
+        (
+            format!(r#"{{"message": "{}", "clientId": 1}}"#, "x".repeat(5000)),
+            "application/json",
+        ),
+        (
+            "message=x&clientId=1".to_owned(),
+            "application/x-www-form-urlencoded",
+        ),
+        (r#"["text", null, 1]"#.to_owned(), "application/json"),
+        (
+            r#"{"message": "x", "clientId": 1}"#.to_owned(),
+            "application/json",
+        ),
+    ] {
+        let response = post(body.clone(), content_type).await.unwrap();
+        let status = response.status();
+        let reply: Value = response.json().await.unwrap();
+        assert_eq!(
+            status,
+            403,
+            "{content_type} {}: {reply}",
+            &body[..body.len().min(40)]
+        );
+        assert_error_shape(&reply, status);
+    }
+    assert_eq!(rows(&app).await, 0);
+}
+
+/// Opens a raw connection to the API.
+async fn connect(app: &TestApp) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// Reads one HTTP response (head and Content-Length body) within `within`;
+/// `None` if none came. Returns the head and the body.
+async fn read_response(
+    stream: &mut tokio::net::TcpStream,
+    within: Duration,
+) -> Option<(String, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let text = String::from_utf8_lossy(&received).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return Some((head.to_owned(), body.to_owned()));
+            }
+        }
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// True when the server closes `stream` within `within` (EOF or reset, nothing more sent).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// The value of one `smsrelay_api_requests_total` series, 0 if absent.
+async fn requests_counted(app: &TestApp, method: &str, route: &str, status: u16) -> f64 {
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!(
+        "smsrelay_api_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} "
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[tokio::test]
+async fn every_refusal_has_the_error_shape_and_is_counted() {
+    let app = spawn_app().await;
+    // Percent-decoding to something that is not UTF-8: still JSON, still naming `id`.
+    let response = app
+        .http
+        .get(format!("{}/sms/%ff", app.base))
+        .bearer_auth(&app.read_only)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        assert_error_shape(&body, StatusCode::BAD_REQUEST).as_deref(),
+        Some("id")
+    );
+    // Method not allowed, in the error shape, saying what is allowed.
+    let response = app
+        .http
+        .delete(format!("{}/sms", app.base))
+        .bearer_auth(&app.read_send)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_error_shape(
+        &response.json().await.unwrap(),
+        StatusCode::METHOD_NOT_ALLOWED,
+    );
+    // 401 says how to authenticate.
+    let response = app
+        .http
+        .get(format!("{}/sms", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    let response = app
+        .http
+        .get(format!("{}/sms/1", app.base))
+        .bearer_auth("smsr_wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    assert_eq!(requests_counted(&app, "GET", "/sms/{id}", 400).await, 1.0);
+    assert_eq!(requests_counted(&app, "DELETE", "/sms", 405).await, 1.0);
+    assert_eq!(requests_counted(&app, "GET", "/sms", 401).await, 1.0);
+}
+
+/// Sends a POST whose body stops halfway, and returns the answer.
+async fn stalled_post(app: &TestApp) -> (String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = connect(app).await;
+    let head = format!(
+        "POST /sms HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"message\": ",
+        app.read_send
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    read_response(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("an answer to a stalled body")
+}
+
+#[tokio::test]
+async fn a_stalled_body_is_a_408_in_the_error_shape() {
+    let app = spawn_app_with(|c| {
+        c.api.body_read_timeout = Duration::from_millis(500);
+        c.api.request_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let (head, body) = stalled_post(&app).await;
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the body timeout, not the request timeout"
+    );
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert_error_shape(
+        &serde_json::from_str(&body).unwrap(),
+        StatusCode::REQUEST_TIMEOUT,
+    );
+    assert_eq!(requests_counted(&app, "POST", "/sms", 408).await, 1.0);
+    assert_eq!(rows(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_request_over_the_time_limit_is_a_503_with_retry_after() {
+    let app = spawn_app_with(|c| {
+        c.api.body_read_timeout = Duration::from_secs(30);
+        c.api.request_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let (head, body) = stalled_post(&app).await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: "),
+        "{head}"
+    );
+    assert_error_shape(
+        &serde_json::from_str(&body).unwrap(),
+        StatusCode::SERVICE_UNAVAILABLE,
+    );
+    assert_eq!(requests_counted(&app, "POST", "/sms", 503).await, 1.0);
+    // Readiness answers 503 with Retry-After too.
+    app.db.cut().await;
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.headers()["retry-after"], "5");
+    app.db.restore().await;
+}
+
+#[tokio::test]
+async fn idle_and_half_sent_connections_are_closed_after_their_timeouts() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(|c| {
+        c.api.idle_timeout = Duration::from_secs(2);
+        c.api.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // A keep-alive connection after one answered request: open until idle_timeout, then closed.
+    let mut idle = connect(&app).await;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut idle, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let answered = std::time::Instant::now();
+    // A connection that never sends anything is idle too.
+    let mut silent = connect(&app).await;
+    // Headers begun and never finished: closed after header_read_timeout.
+    let mut half = connect(&app).await;
+    half.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: ")
+        .await
+        .unwrap();
+    let half_started = std::time::Instant::now();
+    assert!(
+        closed_within(&mut half, Duration::from_secs(5)).await,
+        "half-sent headers closed"
+    );
+    let waited = half_started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(1900),
+        "closed after header_read_timeout (1s), took {waited:?}"
+    );
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(5)).await,
+        "idle keep-alive closed"
+    );
+    let waited = answered.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_millis(3500),
+        "closed after idle_timeout (2s), took {waited:?}"
+    );
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(3)).await,
+        "silent connection closed"
+    );
+    // A keep-alive connection in use stays usable across requests shorter apart than the timeout.
+    let mut busy = connect(&app).await;
+    for _ in 0..3 {
+        busy.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, _) = read_response(&mut busy, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+}
+
+#[tokio::test]
+async fn no_more_than_max_connections_are_served_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(|c| c.api.max_connections = 2).await;
+    // Let the server see the readiness probe's connection close.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = connect(&app).await;
+    let second = connect(&app).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = connect(&app).await;
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_response(&mut third, Duration::from_secs(1))
+            .await
+            .is_none(),
+        "a third connection waits while two are open"
+    );
+    drop(first);
+    let (head, _) = read_response(&mut third, Duration::from_secs(5))
+        .await
+        .expect("served once a slot is free");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(second);
+}
+
+#[tokio::test]
+async fn openapi_states_the_bounds_and_rules_the_server_applies() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["ParameterError"]["properties"]["value"]["type"],
+        json!(["string", "null"]),
+        "the server echoes refused values as strings"
+    );
+    let parameter = |name: &str| -> Value {
+        doc["paths"]["/sms"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name}"))["schema"]
+            .clone()
+    };
+    assert_eq!(parameter("limit")["minimum"], 1);
+    assert_eq!(parameter("offset")["minimum"], 0);
+    assert_eq!(parameter("offset")["maximum"], json!(i64::MAX));
+    assert_eq!(parameter("clientId")["minimum"], 1);
+    assert_eq!(parameter("staffId")["minimum"], 1);
+    assert_eq!(
+        parameter("orderBy")["enum"],
+        json!([
+            "id",
+            "createdAt",
+            "updatedAt",
+            "sentAt",
+            "status",
+            "clientId",
+            "staffId"
+        ])
+    );
+    let request = &schemas["NewSmsRequest"];
+    assert_eq!(request["additionalProperties"], false);
+    assert_eq!(
+        request["oneOf"],
+        json!([
+            {"properties": {"clientId": {"type": "integer"}}, "required": ["clientId"]},
+            {"properties": {"staffId": {"type": "integer"}}, "required": ["staffId"]},
+        ]),
+        "exactly one of clientId, staffId"
+    );
+    assert_eq!(
+        request["properties"]["message"]["pattern"],
+        smsrelay::domain::text::message_pattern()
+    );
+    assert_eq!(
+        doc["paths"]["/sms/{id}"]["get"]["parameters"][0]["schema"]["minimum"],
+        1
+    );
+    // What the document calls an integer, the server takes: 1.0 is client 1.
+    let (status, created) = app
+        .post(
+            json!({"message": "hi", "clientId": 1.0}),
+            &app.read_send,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, created["clientId"].as_i64()),
+        (StatusCode::CREATED, Some(1))
+    );
+    let (status, reply) = app
+        .post(
+            json!({"message": "hi", "clientId": 1.5}),
+            &app.read_send,
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        assert_error_shape(&reply, status).as_deref(),
+        Some("clientId")
     );
 }

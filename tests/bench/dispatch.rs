@@ -12,12 +12,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::post;
-use smsrelay::domain::{AttemptRecord, EventRecord, NewSms, Outcome, Recipient, SmsRecord};
+use smsrelay::domain::Outcome;
 use smsrelay::store::postgres::PgStore;
-use smsrelay::store::{
-    Claim, Enqueued, Lookup, Page, QueueStats, ReapReport, RecordReport, SmsQuery, Store,
-    StoreError,
-};
+use smsrelay::store::{Claim, Queue, RecordReport, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::{Table, ms, summarize};
@@ -47,20 +44,15 @@ struct Meter {
     stale: AtomicU64,
 }
 
-/// The store with the dispatcher's two hot statements timed.
+/// The queue with the dispatcher's two hot statements timed; everything
+/// else goes to the store underneath (`store::with_queue`).
 struct TimedStore {
     inner: PgStore,
     meter: Arc<Meter>,
 }
 
 #[async_trait]
-impl Store for TimedStore {
-    async fn migrate(&self) -> Result<(), StoreError> {
-        self.inner.migrate().await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
+impl Queue for TimedStore {
     async fn claim(
         &self,
         instance: &str,
@@ -94,43 +86,6 @@ impl Store for TimedStore {
             .fetch_add(report.applied, Ordering::Relaxed);
         self.meter.stale.fetch_add(report.stale, Ordering::Relaxed);
         Ok(report)
-    }
-    async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError> {
-        self.inner.release(instance, claims).await
-    }
-    async fn reap_expired_leases(
-        &self,
-        max_attempts: u32,
-        limit: u32,
-    ) -> Result<ReapReport, StoreError> {
-        self.inner.reap_expired_leases(max_attempts, limit).await
-    }
-    async fn enqueue(&self, sms: &NewSms) -> Result<Enqueued, StoreError> {
-        self.inner.enqueue(sms).await
-    }
-    async fn list(&self, query: &SmsQuery) -> Result<Page, StoreError> {
-        self.inner.list(query).await
-    }
-    async fn lookup_mobile(&self, recipient: Recipient) -> Result<Lookup, StoreError> {
-        self.inner.lookup_mobile(recipient).await
-    }
-    async fn ready(&self) -> Result<bool, StoreError> {
-        self.inner.ready().await
-    }
-    async fn stats(&self) -> Result<QueueStats, StoreError> {
-        self.inner.stats().await
-    }
-    async fn create_demo_directory(&self) -> Result<(), StoreError> {
-        self.inner.create_demo_directory().await
-    }
-    async fn get(&self, id: i64) -> Result<Option<SmsRecord>, StoreError> {
-        self.inner.get(id).await
-    }
-    async fn attempts(&self, id: i64) -> Result<Vec<AttemptRecord>, StoreError> {
-        self.inner.attempts(id).await
-    }
-    async fn events(&self, id: i64) -> Result<Vec<EventRecord>, StoreError> {
-        self.inner.events(id).await
     }
 }
 
@@ -238,10 +193,12 @@ async fn run_once(run: &Run) -> Vec<String> {
         config.dispatch.instance_id = Some(format!("bench-{}", i + 1));
         config.validate().expect("bench config is valid");
         // Each instance has its own pool, as separate processes would.
-        let store = Arc::new(TimedStore {
-            inner: PgStore::open(&options(&db.url)).expect("pool"),
+        let inner = PgStore::open(&options(&db.url)).expect("pool");
+        let timed = Arc::new(TimedStore {
+            inner: inner.clone(),
             meter: meter.clone(),
         });
+        let store = smsrelay::store::with_queue(Arc::new(inner), timed);
         let app = smsrelay::app::Application::from_parts(&config, store, webhook(&config));
         tasks.push(tokio::spawn(app.run_until_stopped(stop.clone())));
     }

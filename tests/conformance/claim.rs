@@ -10,6 +10,7 @@ conformance!(
     claims_follow_due_order_and_batch_size,
     a_claim_leases_and_records_the_attempt,
     expired_rows_fail_instead_of_being_sent,
+    an_expired_backlog_is_never_claimed,
 );
 
 /// The platform's INSERT (the outbox contract) is all it takes to enqueue.
@@ -240,5 +241,82 @@ async fn expired_rows_fail_instead_of_being_sent(db: TestStore) {
             .unwrap()
             .expired,
         0
+    );
+}
+
+/// `n` one-time codes an hour past their `expires_at`, as after an outage.
+pub async fn insert_expired_backlog(db: &TestStore, n: i64) {
+    let now = db.now().await;
+    db.insert_row(
+        "INSERT INTO sms (client_id, mobile_no, message, expires_at) VALUES ($1, $2, $3, $4)",
+        &[
+            int(1),
+            text("+254712345678"),
+            text("your code is 123456"),
+            time(now - time::Duration::hours(1)),
+        ],
+    )
+    .await;
+    // Doubling the expired rows, then topping them up to `n`.
+    let copy = "INSERT INTO sms (client_id, mobile_no, message, expires_at) \
+                SELECT client_id, mobile_no, message, expires_at FROM sms \
+                WHERE expires_at IS NOT NULL LIMIT $1";
+    let mut inserted = 1;
+    while inserted < n {
+        let added = db.exec(copy, &[int(inserted.min(n - inserted))]).await;
+        inserted += i64::try_from(added).expect("row count");
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM sms WHERE expires_at IS NOT NULL", &[])
+            .await,
+        n
+    );
+}
+
+/// An OTP backlog after an outage: 3,000 rows an hour past `expires_at`. Not
+/// one of them is handed out for sending; every one ends `failed` as expired,
+/// while a fresh row among them is still claimed.
+async fn an_expired_backlog_is_never_claimed(db: TestStore) {
+    const BACKLOG: i64 = 3_000;
+    let fresh = db.insert(1, "+254712345678", "still good").await;
+    insert_expired_backlog(&db, BACKLOG).await;
+
+    let mut claimed = Vec::new();
+    let mut swept = 0;
+    for _ in 0..10 {
+        let claim = db
+            .store
+            .claim("node-a", 100, Duration::from_secs(60))
+            .await
+            .unwrap();
+        swept += claim.expired;
+        if claim.messages.is_empty() && claim.expired == 0 {
+            break;
+        }
+        claimed.extend(ids(&claim));
+    }
+    assert_eq!(claimed, [fresh], "only the fresh row is handed out");
+    assert_eq!(swept, BACKLOG as u64);
+    assert_eq!(db.count_status("failed").await, BACKLOG);
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM sms WHERE status = 'failed' AND last_error = 'expired' AND attempts = 0",
+            &[]
+        )
+        .await,
+        BACKLOG
+    );
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM sms_event WHERE to_status = 'failed' AND reason = 'expired before it could be sent'",
+            &[]
+        )
+        .await,
+        BACKLOG
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM sms_attempt", &[]).await,
+        1,
+        "the fresh row's attempt only"
     );
 }

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use smsrelay::store::Store;
 use smsrelay::store::sqlite::SqliteStore;
+use smsrelay::store::{Messages, Schema};
 
 use crate::backends::{Backend, TestStore, options};
 use crate::support::{AcceptWithId, eventually, received_ids};

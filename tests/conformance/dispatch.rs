@@ -19,6 +19,8 @@ conformance!(
     the_dispatcher_sends_end_to_end,
     the_dispatcher_retries_a_transient_failure,
     two_dispatchers_send_each_message_exactly_once,
+    an_expired_backlog_never_reaches_the_provider,
+    rows_with_unsendable_text_are_declined_and_the_rest_sent,
 );
 
 /// A config for `db` with the webhook provider at `provider_url` and fast retries.
@@ -236,4 +238,85 @@ async fn two_dispatchers_send_each_message_exactly_once(db: TestStore) {
         0,
         "one attempt each"
     );
+}
+
+/// 3,000 codes an hour past `expires_at`: the dispatcher sends none of them
+/// (the provider sees no request) and every one ends `failed` as expired.
+async fn an_expired_backlog_never_reaches_the_provider(db: TestStore) {
+    const BACKLOG: i64 = 3_000;
+    let provider = accepting_provider().await;
+    let config = config(&db, &provider.uri());
+    let dispatcher = dispatcher(&db, &config);
+    crate::claim::insert_expired_backlog(&db, BACKLOG).await;
+
+    let stop = CancellationToken::new();
+    let mut expired = 0;
+    for _ in 0..10 {
+        let report = dispatcher.run_once(&stop).await.unwrap();
+        assert_eq!(report.claimed, 0, "{report:?}");
+        expired += report.expired;
+        if report.expired == 0 {
+            break;
+        }
+    }
+    assert_eq!(expired, BACKLOG as u64);
+    assert_eq!(provider.received_requests().await.unwrap().len(), 0);
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM sms WHERE status = 'failed' AND last_error = 'expired'",
+            &[]
+        )
+        .await,
+        BACKLOG
+    );
+}
+
+/// Rows the platform INSERTs with a NUL, a control character or only invisible
+/// characters are declined with the API's wording; the claim goes on and the
+/// good row beside them is sent.
+async fn rows_with_unsendable_text_are_declined_and_the_rest_sent(db: TestStore) {
+    let provider = accepting_provider().await;
+    let config = config(&db, &provider.uri());
+    let dispatcher = dispatcher(&db, &config);
+    let mut declined = Vec::new();
+    // PostgreSQL cannot store a NUL in text at all: the INSERT itself fails there.
+    match db
+        .try_insert(
+            "INSERT INTO sms (client_id, mobile_no, message) VALUES ($1, $2, $3)",
+            &[
+                crate::backends::int(1),
+                crate::backends::text("+254712345678"),
+                crate::backends::text("hello\u{0}world"),
+            ],
+        )
+        .await
+    {
+        Ok(id) => declined.push((
+            id,
+            "message contains the control character U+0000 at character 6; only newline, tab and carriage return are allowed",
+        )),
+        Err(e) => assert_eq!(db.backend, crate::backends::Backend::Postgres, "{e}"),
+    }
+    declined.push((
+        db.insert(1, "+254712345678", "ring\u{7}").await,
+        "message contains the control character U+0007 at character 5; only newline, tab and carriage return are allowed",
+    ));
+    declined.push((
+        db.insert(1, "+254712345678", "\u{200B}\u{2060}\u{FEFF}")
+            .await,
+        "message has no visible character (only spaces, zero-width or formatting characters)",
+    ));
+    let good = db.insert(1, "+254712345678", "Line one\nLine two").await;
+
+    let report = dispatcher
+        .run_once(&CancellationToken::new())
+        .await
+        .expect("the claim succeeds whatever the rows hold");
+    assert_eq!((report.declined, report.sent), (declined.len(), 1));
+    for (id, reason) in declined {
+        let sms = db.store.get(id).await.unwrap().unwrap();
+        assert_eq!(sms.status.as_str(), "declined", "{id}");
+        assert_eq!(sms.last_error.as_deref(), Some(reason), "{id}");
+    }
+    assert_eq!(received_ids(&provider).await, [good]);
 }

@@ -53,6 +53,7 @@ mod dispatch;
 mod list;
 mod outcomes;
 mod schema;
+mod unreadable;
 
 use std::time::Duration;
 

@@ -19,6 +19,7 @@ conformance!(
     the_reaper_fails_exhausted_messages_in_batches,
     concurrent_reapers_recover_each_row_once,
     a_row_changes_once_per_batch,
+    an_outcomes_provider_is_recorded_on_its_attempt,
 );
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -513,4 +514,41 @@ async fn a_row_changes_once_per_batch(db: TestStore) {
         0,
         "no longer sending"
     );
+}
+
+/// Each attempt keeps the provider its outcome names; an outcome without one leaves it empty.
+async fn an_outcomes_provider_is_recorded_on_its_attempt(db: TestStore) {
+    let id = claimed(&db, "node-a", LEASE).await;
+    let unnamed = claimed(&db, "node-a", LEASE).await;
+    let mut retried = outcome(id, 1, NextState::Retry(Duration::ZERO));
+    retried.provider = Some("webhook-primary".into());
+    let mut unnamed_sent = outcome(unnamed, 1, NextState::Sent);
+    unnamed_sent.provider = None;
+    let report = db
+        .store
+        .record_outcomes("node-a", &[retried, unnamed_sent])
+        .await
+        .unwrap();
+    assert_eq!((report.applied, report.stale), (2, 0));
+    let claim = db.store.claim("node-a", 10, LEASE).await.unwrap();
+    assert_eq!(ids(&claim), [id]);
+    let mut sent = outcome(id, 2, NextState::Sent);
+    sent.provider = Some("kannel-backup".into());
+    db.store.record_outcomes("node-a", &[sent]).await.unwrap();
+
+    let providers: Vec<Option<String>> = db
+        .store
+        .attempts(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.provider)
+        .collect();
+    assert_eq!(
+        providers,
+        [Some("webhook-primary".into()), Some("kannel-backup".into())]
+    );
+    let attempts = db.store.attempts(unnamed).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].provider, None);
 }

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smsrelay::housekeeping::{ReaperSettings, reap_once};
-use smsrelay::store::Store;
 use support::*;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;

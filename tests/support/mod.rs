@@ -10,6 +10,9 @@ use smsrelay::dispatch::Dispatcher;
 use smsrelay::provider::webhook::WebhookProvider;
 use smsrelay::provider::{Provider, ProviderKind};
 use smsrelay::store::postgres::PgStore;
+/// The store's parts, so that tests call their methods on a concrete store.
+#[allow(unused_imports)]
+pub use smsrelay::store::{Directory, Leases, Messages, Queue, Schema};
 use smsrelay::store::{Store, StoreOptions};
 use sqlx::postgres::PgPool;
 use sqlx::{Connection, PgConnection};

@@ -1,0 +1,249 @@
+//! [`Messages`], [`Directory`] and [`Schema`] written once for every dialect,
+//! on top of the few primitives a dialect implements ([`Backend`]): how it
+//! runs a statement, its placeholders, its migrations, and the handful of
+//! statements whose SQL really differs.
+
+use async_trait::async_trait;
+use sqlx::migrate::Migrator;
+
+use super::batch::{by_status, directory_error, lookup_from};
+use super::query::{self, Arg, Style};
+use super::rows::{self, ATTEMPT_COLUMNS, Columns, EVENT_COLUMNS, SMS_COLUMNS};
+use super::{
+    DEMO_CREATE, Directory, DirectoryQueries, Enqueued, Lookup, Messages, Page, QueueStats, Schema,
+    SmsQuery, StoreError,
+};
+use crate::domain::{AttemptRecord, EventRecord, NewSms, Recipient, SmsRecord};
+
+/// The directory SQL a store runs: the operator's, or the dialect's default
+/// (Fineract's `m_client` and `m_staff`).
+#[derive(Debug, Clone)]
+pub(super) struct DirectorySql {
+    client: String,
+    staff: String,
+}
+
+impl DirectorySql {
+    pub fn new(configured: &DirectoryQueries, client: &str, staff: &str) -> Self {
+        DirectorySql {
+            client: configured
+                .client_query
+                .clone()
+                .unwrap_or_else(|| client.to_owned()),
+            staff: configured
+                .staff_query
+                .clone()
+                .unwrap_or_else(|| staff.to_owned()),
+        }
+    }
+}
+
+/// What a dialect provides so that the shared code can run on it.
+#[async_trait]
+pub(super) trait Backend: Send + Sync + 'static {
+    type Row: Columns + Send + Sync;
+
+    /// The embedded migrations.
+    const MIGRATOR: &'static Migrator;
+    /// Placeholders and NULL ordering.
+    const STYLE: Style;
+    /// One row with a count `n`: 1 when the table `_sqlx_migrations` exists.
+    const MIGRATIONS_TABLE: &'static str;
+    /// The demo rows, inserted unless present (see [`super::demo_rows`]).
+    const DEMO_INSERT: &'static str;
+
+    /// Runs one statement with `args` bound in order and returns its rows.
+    async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<Self::Row>, sqlx::Error>;
+
+    fn directory(&self) -> &DirectorySql;
+
+    /// Applies the migrations (each dialect has its own cautions).
+    async fn apply_migrations(&self) -> Result<(), StoreError>;
+
+    /// Inserts a new row and returns its id, or `None` when its idempotency
+    /// key is already used. Here PostgreSQL's and SQLite's
+    /// `ON CONFLICT ... DO NOTHING RETURNING id`; MySQL has neither.
+    async fn insert(&self, sms: &NewSms) -> Result<Option<i64>, StoreError> {
+        let (client_id, staff_id) = match sms.recipient {
+            Recipient::Client(id) => (Some(id), None),
+            Recipient::Staff(id) => (None, Some(id)),
+        };
+        let p = Self::STYLE.placeholder;
+        let sql = format!(
+            "INSERT INTO sms (client_id, staff_id, mobile_no, message, not_before, expires_at, idempotency_key) \
+             VALUES ({}, {}, {}, {}, {}, {}, {}) \
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id",
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5),
+            p(6),
+            p(7)
+        );
+        let rows = self
+            .fetch(&sql, &insert_args(sms, client_id, staff_id))
+            .await?;
+        rows.first().map(rows::id).transpose()
+    }
+
+    /// Pending rows due now, and the age in seconds of the oldest of them.
+    async fn due_stats(&self) -> Result<(i64, f64), StoreError>;
+}
+
+/// The values of an INSERT into `sms`, in column order.
+pub(super) fn insert_args(sms: &NewSms, client_id: Option<i64>, staff_id: Option<i64>) -> Vec<Arg> {
+    vec![
+        Arg::Int(client_id),
+        Arg::Int(staff_id),
+        Arg::Text(Some(sms.mobile_no.clone())),
+        Arg::Text(Some(sms.message.clone())),
+        Arg::Time(sms.not_before),
+        Arg::Time(sms.expires_at),
+        Arg::Text(sms.idempotency_key.clone()),
+    ]
+}
+
+/// `SELECT {columns} FROM {table} WHERE {key} = <first placeholder> {rest}`.
+fn by_key<B: Backend>(columns: &str, table: &str, key: &str, rest: &str) -> String {
+    let p = (B::STYLE.placeholder)(1);
+    format!("SELECT {columns} FROM {table} WHERE {key} = {p}{rest}")
+}
+
+#[async_trait]
+impl<B: Backend> Messages for B {
+    async fn enqueue(&self, sms: &NewSms) -> Result<Enqueued, StoreError> {
+        if let Some(id) = self.insert(sms).await? {
+            return Ok(Enqueued { id, created: true });
+        }
+        let sql = by_key::<B>("id", "sms", "idempotency_key", "");
+        let rows = self
+            .fetch(&sql, &[Arg::Text(sms.idempotency_key.clone())])
+            .await?;
+        let id = rows.first().map(rows::id).transpose()?;
+        let id = id.ok_or_else(|| StoreError::BadRow {
+            id: 0,
+            message: "the row holding this idempotency key is gone".into(),
+        })?;
+        Ok(Enqueued { id, created: false })
+    }
+
+    async fn get(&self, id: i64) -> Result<Option<SmsRecord>, StoreError> {
+        let sql = by_key::<B>(SMS_COLUMNS, "sms", "id", "");
+        let rows = self.fetch(&sql, &[Arg::Int(Some(id))]).await?;
+        rows.first().map(rows::sms).transpose()
+    }
+
+    async fn list(&self, query: &SmsQuery) -> Result<Page, StoreError> {
+        let page = query::list_page(query, B::STYLE);
+        let rows = self.fetch(&page.text, &page.args).await?;
+        let items = rows.iter().map(rows::sms).collect::<Result<Vec<_>, _>>()?;
+        let total = match query::list_count(query, B::STYLE) {
+            Some(count) => {
+                let rows = self.fetch(&count.text, &count.args).await?;
+                Some(count_of(&rows)?)
+            }
+            None => None,
+        };
+        Ok(query::page(query, items, total))
+    }
+
+    async fn attempts(&self, id: i64) -> Result<Vec<AttemptRecord>, StoreError> {
+        let sql = by_key::<B>(
+            ATTEMPT_COLUMNS,
+            "sms_attempt",
+            "sms_id",
+            " ORDER BY attempt",
+        );
+        let rows = self.fetch(&sql, &[Arg::Int(Some(id))]).await?;
+        rows.iter().map(|row| rows::attempt(row, id)).collect()
+    }
+
+    async fn events(&self, id: i64) -> Result<Vec<EventRecord>, StoreError> {
+        let sql = by_key::<B>(EVENT_COLUMNS, "sms_event", "sms_id", " ORDER BY id");
+        let rows = self.fetch(&sql, &[Arg::Int(Some(id))]).await?;
+        rows.iter().map(|row| rows::event(row, id)).collect()
+    }
+
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
+        let rows = self
+            .fetch("SELECT status, count(*) AS n FROM sms GROUP BY status", &[])
+            .await?;
+        let counts = rows
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.text("status")?.unwrap_or_default(),
+                    row.int("n")?.unwrap_or(0),
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let (due, oldest) = self.due_stats().await?;
+        Ok(QueueStats {
+            by_status: by_status(&counts),
+            due: u64::try_from(due).unwrap_or(0),
+            oldest_due_age_secs: oldest.max(0.0),
+        })
+    }
+}
+
+/// The `n` of a one-row count.
+fn count_of<R: Columns>(rows: &[R]) -> Result<i64, StoreError> {
+    Ok(match rows.first() {
+        Some(row) => row.int("n")?.unwrap_or(0),
+        None => 0,
+    })
+}
+
+#[async_trait]
+impl<B: Backend> Directory for B {
+    async fn lookup_mobile(&self, recipient: Recipient) -> Result<Lookup, StoreError> {
+        let (sql, id) = match recipient {
+            Recipient::Client(id) => (&self.directory().client, id),
+            Recipient::Staff(id) => (&self.directory().staff, id),
+        };
+        // The directory SQL comes from the operator's config, never from a request.
+        let rows = self
+            .fetch(sql, &[Arg::Int(Some(id))])
+            .await
+            .map_err(directory_error)?;
+        let found = match rows.first() {
+            Some(row) => Some(row.first_text().map_err(directory_error)?),
+            None => None,
+        };
+        Ok(lookup_from(found))
+    }
+}
+
+#[async_trait]
+impl<B: Backend> Schema for B {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.apply_migrations().await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.fetch("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
+    async fn ready(&self) -> Result<bool, StoreError> {
+        let latest = B::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        if count_of(&self.fetch(B::MIGRATIONS_TABLE, &[]).await?)? == 0 {
+            // Reachable but not migrated.
+            return Ok(false);
+        }
+        let rows = self
+            .fetch(
+                "SELECT max(version) AS n FROM _sqlx_migrations WHERE success",
+                &[],
+            )
+            .await?;
+        Ok(count_of(&rows)? >= latest)
+    }
+
+    async fn create_demo_directory(&self) -> Result<(), StoreError> {
+        self.fetch(DEMO_CREATE, &[]).await?;
+        self.fetch(B::DEMO_INSERT, &[]).await?;
+        Ok(())
+    }
+}
