@@ -17,6 +17,11 @@ pub fn watchdog() {
     notify(&[NotifyState::Watchdog]);
 }
 
+/// systemd's watchdog interval (WatchdogSec=, passed as WATCHDOG_USEC), if it watches us.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    sd_notify::watchdog_enabled().filter(|interval| !interval.is_zero())
+}
+
 fn notify(state: &[NotifyState]) {
     if std::env::var_os("NOTIFY_SOCKET").is_some()
         && let Err(e) = sd_notify::notify(state)

@@ -4,6 +4,7 @@
 //! interrupted or crashed send) means for the row is decided in one place,
 //! `domain::outcome::settle`; this module only runs the cycle, logs and records.
 
+pub mod heartbeat;
 pub mod settings;
 
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::outcome::{self, AttemptEnd, Lost};
+use crate::domain::outcome::{self, AttemptEnd, Guarantee, Lost};
 use crate::domain::phone::mask;
 use crate::domain::retry::RetryPolicy;
 pub use crate::domain::validation::Rules;
@@ -23,10 +24,8 @@ use crate::domain::validation::{self, Ready};
 use crate::domain::{AttemptOutcome, ClaimedSms, NextState, Outcome};
 use crate::provider::{OutboundSms, Provider, SendOutcome};
 use crate::store::{Claim, Store, StoreError};
+use heartbeat::Heartbeat;
 pub use settings::{DispatchSettings, ValidationSettings};
-
-/// How often the heartbeat runs during a cycle (the unit's WatchdogSec is 30s).
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// How a dispatcher behaves, resolved from `[dispatch]` and `[validation]`
 /// (see [`DispatchSettings::options`]).
@@ -38,8 +37,14 @@ pub struct Options {
     pub poll_interval: Duration,
     pub lease: Duration,
     pub retry: RetryPolicy,
+    pub guarantee: Guarantee,
     pub shutdown_grace: Duration,
     pub rules: Rules,
+    /// How often to feed the watchdog (a quarter of systemd's WatchdogSec).
+    pub watchdog_every: Duration,
+    /// The longest one step (a send, a database call) may take; a loop
+    /// stuck longer stops feeding the watchdog.
+    pub step_limit: Duration,
 }
 
 /// What one claim-send-record cycle did.
@@ -115,54 +120,62 @@ impl Dispatcher {
 
     /// Runs until `stop` is cancelled: claims, sends, records, and waits for work.
     /// Database trouble is logged and retried with backoff; it never ends the loop.
-    pub async fn run(&self, stop: CancellationToken, heartbeat: impl Fn()) {
+    pub async fn run(&self, stop: CancellationToken, ping: impl Fn() + Sync) {
+        let heartbeat = Heartbeat::new(&ping, self.options.watchdog_every, self.options.step_limit);
         let mut backoff = Duration::ZERO;
         while !stop.is_cancelled() {
-            heartbeat();
-            // Keep the systemd watchdog fed while a long batch is in flight
-            // (sends are bounded by provider.timeout, database calls by connect_timeout).
-            let cycle = self.run_once(&stop);
-            tokio::pin!(cycle);
-            let mut ticks = tokio::time::interval(HEARTBEAT_EVERY);
-            let result = loop {
-                tokio::select! {
-                    result = &mut cycle => break result,
-                    _ = ticks.tick() => heartbeat(),
-                }
-            };
-            match result {
+            heartbeat.progress();
+            match self.cycle(&stop, &heartbeat).await {
                 Ok(report) => {
                     backoff = Duration::ZERO;
                     // A full batch suggests more is due: go again at once.
                     if report.claimed < self.options.batch_size as usize {
-                        self.idle(&stop, self.options.poll_interval).await;
+                        self.idle(&stop, &heartbeat, self.options.poll_interval)
+                            .await;
                     }
                 }
                 Err(e) => {
                     backoff =
                         (backoff * 2).clamp(Duration::from_millis(200), Duration::from_secs(30));
                     tracing::warn!(error = %e, retry_in = ?backoff, "dispatcher cycle failed; will retry");
-                    self.idle(&stop, backoff).await;
+                    self.idle(&stop, &heartbeat, backoff).await;
                 }
             }
         }
     }
 
-    async fn idle(&self, stop: &CancellationToken, wait: Duration) {
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = self.wake.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
-        }
+    /// Waits for work, a wake-up or shutdown, feeding the watchdog meanwhile.
+    async fn idle(&self, stop: &CancellationToken, heartbeat: &Heartbeat<'_>, wait: Duration) {
+        let woken = async {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = self.wake.notified() => {}
+            }
+        };
+        heartbeat.wait(wait, woken).await;
     }
 
     /// One cycle: claim a batch, send it, record the outcomes. Public for tests.
-    #[tracing::instrument(skip_all, fields(instance = %self.options.instance), err)]
     pub async fn run_once(&self, stop: &CancellationToken) -> Result<BatchReport, StoreError> {
+        let no_watchdog = || {};
+        let heartbeat = Heartbeat::new(
+            &no_watchdog,
+            self.options.watchdog_every,
+            self.options.step_limit,
+        );
+        self.cycle(stop, &heartbeat).await
+    }
+
+    #[tracing::instrument(skip_all, fields(instance = %self.options.instance), err)]
+    async fn cycle(
+        &self,
+        stop: &CancellationToken,
+        heartbeat: &Heartbeat<'_>,
+    ) -> Result<BatchReport, StoreError> {
         if stop.is_cancelled() {
             return Ok(BatchReport::default());
         }
-        let claim = self.claim().await?;
+        let claim = heartbeat.during(self.claim()).await?;
         let mut report = BatchReport {
             claimed: claim.messages.len(),
             expired: claim.expired,
@@ -171,10 +184,10 @@ impl Dispatcher {
         if claim.messages.is_empty() {
             return Ok(report);
         }
-        let (outcomes, unsent) = self.send_batch(claim.messages, stop).await;
+        let (outcomes, unsent) = self.send_batch(claim.messages, stop, heartbeat).await;
         report.count(&outcomes);
-        report.stale = self.record(stop, &outcomes).await?;
-        report.released = self.release_unsent(stop, &unsent).await?;
+        report.stale = self.record(stop, heartbeat, &outcomes).await?;
+        report.released = self.release_unsent(stop, heartbeat, &unsent).await?;
         Ok(report)
     }
 
@@ -202,6 +215,7 @@ impl Dispatcher {
         &self,
         messages: Vec<ClaimedSms>,
         stop: &CancellationToken,
+        heartbeat: &Heartbeat<'_>,
     ) -> (Vec<Outcome>, Vec<(i64, u32)>) {
         let mut outcomes = Vec::with_capacity(messages.len());
         let mut in_flight = InFlight::default();
@@ -219,7 +233,7 @@ impl Dispatcher {
             }
         }
         let mut unsent = Vec::new();
-        self.collect(in_flight, stop, &mut outcomes, &mut unsent)
+        self.collect(in_flight, stop, heartbeat, &mut outcomes, &mut unsent)
             .await;
         (outcomes, unsent)
     }
@@ -267,13 +281,15 @@ impl Dispatcher {
         &self,
         mut in_flight: InFlight,
         stop: &CancellationToken,
+        heartbeat: &Heartbeat<'_>,
         outcomes: &mut Vec<Outcome>,
         unsent: &mut Vec<(i64, u32)>,
     ) {
         let provider = self.provider.name();
         let mut deadline: Option<Instant> = None;
-        while let Some(joined) = self
-            .join_next(&mut in_flight.tasks, &mut deadline, stop)
+        // Each finished send is progress; none within provider.timeout means a stuck loop.
+        while let Some(joined) = heartbeat
+            .during(self.join_next(&mut in_flight.tasks, &mut deadline, stop))
             .await
         {
             let (task_id, end) = match joined {
@@ -342,7 +358,11 @@ impl Dispatcher {
 
     /// Applies the outcome model to one attempt and logs what it decided.
     fn settle(&self, sms: &ClaimedSms, end: AttemptEnd<'_>) -> Outcome {
-        let outcome = outcome::settle(sms, end, &self.options.retry, rand::random::<f64>());
+        let rules = outcome::Rules {
+            retry: &self.options.retry,
+            guarantee: self.options.guarantee,
+        };
+        let outcome = outcome::settle(sms, end, rules, rand::random::<f64>());
         log_outcome(sms, &outcome);
         outcome
     }
@@ -351,6 +371,7 @@ impl Dispatcher {
     async fn record(
         &self,
         stop: &CancellationToken,
+        heartbeat: &Heartbeat<'_>,
         outcomes: &[Outcome],
     ) -> Result<u64, StoreError> {
         for o in outcomes {
@@ -358,7 +379,7 @@ impl Dispatcher {
         }
         let instance = &self.options.instance;
         let recorded = self
-            .with_db_retry(stop, "record outcomes", || {
+            .with_db_retry(stop, heartbeat, "record outcomes", || {
                 self.store.record_outcomes(instance, outcomes)
             })
             .await?;
@@ -376,6 +397,7 @@ impl Dispatcher {
     async fn release_unsent(
         &self,
         stop: &CancellationToken,
+        heartbeat: &Heartbeat<'_>,
         unsent: &[(i64, u32)],
     ) -> Result<usize, StoreError> {
         if unsent.is_empty() {
@@ -383,7 +405,7 @@ impl Dispatcher {
         }
         let instance = &self.options.instance;
         let released = self
-            .with_db_retry(stop, "release unsent", || {
+            .with_db_retry(stop, heartbeat, "release unsent", || {
                 self.store.release(instance, unsent)
             })
             .await?;
@@ -398,6 +420,7 @@ impl Dispatcher {
     async fn with_db_retry<T, F, Fut>(
         &self,
         stop: &CancellationToken,
+        heartbeat: &Heartbeat<'_>,
         what: &str,
         mut op: F,
     ) -> Result<T, StoreError>
@@ -408,7 +431,7 @@ impl Dispatcher {
         let mut wait = Duration::from_millis(100);
         let mut give_up_at: Option<Instant> = None;
         loop {
-            match op().await {
+            match heartbeat.during(op()).await {
                 Ok(value) => return Ok(value),
                 Err(e) if e.is_transient() => {
                     if stop.is_cancelled() {
@@ -419,7 +442,7 @@ impl Dispatcher {
                         }
                     }
                     tracing::warn!(error = %e, retry_in = ?wait, "{what} failed; retrying");
-                    tokio::time::sleep(wait).await;
+                    heartbeat.wait(wait, std::future::pending::<()>()).await;
                     wait = (wait * 2).min(Duration::from_secs(10));
                 }
                 Err(e) => return Err(e),
@@ -438,8 +461,19 @@ fn log_outcome(sms: &ClaimedSms, o: &Outcome) {
         (_, NextState::Declined) => {
             tracing::info!(sms_id = sms.id, attempt = sms.attempt, to = %mask(&sms.mobile_no), error, "declined by provider");
         }
+        (AttemptOutcome::Unknown, NextState::Retry(after)) => {
+            tracing::warn!(sms_id = sms.id, attempt = sms.attempt, error, retry_in = ?after, "the provider may have this message; sending again (at-least-once)");
+        }
         (_, NextState::Retry(after)) => {
             tracing::info!(sms_id = sms.id, attempt = sms.attempt, error, retry_in = ?after, "transient failure; will retry");
+        }
+        (_, NextState::Failed) if error.starts_with("outcome unknown") => {
+            tracing::warn!(
+                sms_id = sms.id,
+                attempt = sms.attempt,
+                error,
+                "the provider may have this message; failed without resending (at-most-once)"
+            );
         }
         (_, NextState::Failed) => {
             tracing::warn!(

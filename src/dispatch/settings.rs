@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Options, Rules};
 use crate::config::{ConfigError, invalid};
+use crate::domain::outcome::Guarantee;
 use crate::domain::phone::Region;
 use crate::domain::retry::RetryPolicy;
 
@@ -30,6 +31,8 @@ pub struct DispatchSettings {
     pub backoff_multiplier: f64,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// What an ambiguous send (request written, answer lost) leads to.
+    pub guarantee: Guarantee,
 }
 
 impl Default for DispatchSettings {
@@ -45,6 +48,7 @@ impl Default for DispatchSettings {
             backoff_max: Duration::from_secs(3600),
             backoff_multiplier: 3.0,
             shutdown_grace: Duration::from_secs(20),
+            guarantee: Guarantee::AtLeastOnce,
         }
     }
 }
@@ -134,7 +138,8 @@ impl DispatchSettings {
     }
 
     /// The dispatcher's options, with the instance id and the rules resolved.
-    pub fn options(&self, validation: &ValidationSettings) -> Options {
+    /// `step_limit` is the longest one send or database call may take.
+    pub fn options(&self, validation: &ValidationSettings, step_limit: Duration) -> Options {
         Options {
             instance: self.instance_id(),
             batch_size: self.batch_size,
@@ -142,8 +147,12 @@ impl DispatchSettings {
             poll_interval: self.poll_interval,
             lease: self.lease,
             retry: self.retry_policy(),
+            guarantee: self.guarantee,
             shutdown_grace: self.shutdown_grace,
             rules: validation.rules(),
+            watchdog_every: crate::systemd::watchdog_interval()
+                .map_or(Duration::from_secs(5), |interval| interval / 4),
+            step_limit,
         }
     }
 }

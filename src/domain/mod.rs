@@ -70,6 +70,9 @@ pub enum AttemptOutcome {
     Abandoned,
     /// Shutdown cut the request short; it may or may not have reached the provider.
     Interrupted,
+    /// The request was written but its answer was lost (timeout, connection
+    /// reset): the provider may have the message.
+    Unknown,
 }
 
 impl AttemptOutcome {
@@ -82,6 +85,7 @@ impl AttemptOutcome {
             AttemptOutcome::Invalid => "invalid",
             AttemptOutcome::Abandoned => "abandoned",
             AttemptOutcome::Interrupted => "interrupted",
+            AttemptOutcome::Unknown => "unknown",
         }
     }
 }

@@ -6,8 +6,36 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use super::retry::{RetryDecision, RetryPolicy};
 use super::{AttemptOutcome, ClaimedSms, NextState, Outcome};
+
+/// What the daemon promises when it cannot tell whether a send reached the
+/// provider (`[dispatch] guarantee`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Guarantee {
+    /// Every message is delivered unless its attempts run out; an ambiguous
+    /// send is retried, so the provider may receive it twice.
+    #[default]
+    AtLeastOnce,
+    /// No message is ever sent twice; an ambiguous send ends `failed` with
+    /// `outcome unknown`, for a person to decide.
+    AtMostOnce,
+}
+
+impl Guarantee {
+    /// The `max_attempts` the lease reaper applies to an attempt abandoned
+    /// by a crash: under at-most-once that attempt may have reached the
+    /// provider, so the message fails instead of going back to `pending`.
+    pub fn reaper_max_attempts(self, max_attempts: u32) -> u32 {
+        match self {
+            Guarantee::AtLeastOnce => max_attempts,
+            Guarantee::AtMostOnce => 1,
+        }
+    }
+}
 
 /// How a provider answered one send.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +56,9 @@ pub enum SendOutcome {
         error: String,
         http_status: Option<u16>,
     },
+    /// The request was written but no answer came (timeout, connection reset
+    /// after sending): the provider may have the message.
+    Unknown { error: String },
 }
 
 /// Why a send task ended without the provider's answer.
@@ -61,9 +92,16 @@ pub enum AttemptEnd<'a> {
     },
 }
 
+/// How attempts are retried, and what an ambiguous one leads to.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    pub retry: &'a RetryPolicy,
+    pub guarantee: Guarantee,
+}
+
 /// The next state, attempt outcome and reason for `sms` after `end`.
 /// `jitter` in [0, 1] places a retry under the policy's ceiling.
-pub fn settle(sms: &ClaimedSms, end: AttemptEnd<'_>, policy: &RetryPolicy, jitter: f64) -> Outcome {
+pub fn settle(sms: &ClaimedSms, end: AttemptEnd<'_>, rules: Rules<'_>, jitter: f64) -> Outcome {
     let base = Outcome {
         id: sms.id,
         attempt: sms.attempt,
@@ -125,7 +163,16 @@ pub fn settle(sms: &ClaimedSms, end: AttemptEnd<'_>, policy: &RetryPolicy, jitte
                     },
                     error,
                     retry_after,
-                    policy,
+                    rules.retry,
+                    jitter,
+                ),
+                SendOutcome::Unknown { error } => ambiguous(
+                    Outcome {
+                        outcome: AttemptOutcome::Unknown,
+                        ..base
+                    },
+                    error,
+                    rules,
                     jitter,
                 ),
             }
@@ -148,7 +195,24 @@ pub fn settle(sms: &ClaimedSms, end: AttemptEnd<'_>, policy: &RetryPolicy, jitte
                 segments: Some(segments),
                 ..base
             };
-            retry_or_fail(base, error.to_owned(), None, policy, jitter)
+            ambiguous(base, error.to_owned(), rules, jitter)
+        }
+    }
+}
+
+/// An attempt that may have reached the provider: retried under
+/// at-least-once, `failed` with `outcome unknown` under at-most-once.
+fn ambiguous(base: Outcome, error: String, rules: Rules<'_>, jitter: f64) -> Outcome {
+    match rules.guarantee {
+        Guarantee::AtLeastOnce => retry_or_fail(base, error, None, rules.retry, jitter),
+        Guarantee::AtMostOnce => {
+            let error = format!("outcome unknown: {error}");
+            Outcome {
+                next: NextState::Failed,
+                reason: format!("{error}; not sent again (dispatch.guarantee = at-most-once)"),
+                error: Some(error),
+                ..base
+            }
         }
     }
 }
@@ -199,6 +263,20 @@ mod tests {
         }
     }
 
+    fn least(retry: &RetryPolicy) -> Rules<'_> {
+        Rules {
+            retry,
+            guarantee: Guarantee::AtLeastOnce,
+        }
+    }
+
+    fn most(retry: &RetryPolicy) -> Rules<'_> {
+        Rules {
+            retry,
+            guarantee: Guarantee::AtMostOnce,
+        }
+    }
+
     fn claimed(attempt: u32) -> ClaimedSms {
         ClaimedSms {
             id: 42,
@@ -232,7 +310,7 @@ mod tests {
                 provider_message_id: Some("p-1".into()),
                 http_status: Some(200),
             }),
-            &policy(),
+            least(&policy()),
             0.5,
         );
         assert_eq!((o.id, o.attempt), (42, 1));
@@ -254,7 +332,7 @@ mod tests {
                 error: "provider refused the message: HTTP 400".into(),
                 http_status: Some(400),
             }),
-            &policy(),
+            least(&policy()),
             0.5,
         );
         assert_eq!(o.outcome, AttemptOutcome::Permanent);
@@ -273,7 +351,7 @@ mod tests {
             reason: "message is empty".into(),
             segments: None,
         };
-        let o = settle(&claimed(2), end, &policy(), 0.5);
+        let o = settle(&claimed(2), end, least(&policy()), 0.5);
         assert_eq!(o.outcome, AttemptOutcome::Invalid);
         assert_eq!(o.next, NextState::Declined);
         assert_eq!(o.provider, None);
@@ -283,7 +361,12 @@ mod tests {
 
     #[test]
     fn transient_retries_with_the_jittered_delay() {
-        let o = settle(&claimed(1), answered(transient(None)), &policy(), 0.5);
+        let o = settle(
+            &claimed(1),
+            answered(transient(None)),
+            least(&policy()),
+            0.5,
+        );
         assert_eq!(o.outcome, AttemptOutcome::Transient);
         assert_eq!(o.next, NextState::Retry(Duration::from_secs(5)));
         assert_eq!(o.http_status, Some(503));
@@ -292,7 +375,12 @@ mod tests {
 
     #[test]
     fn transient_on_the_last_attempt_fails() {
-        let o = settle(&claimed(3), answered(transient(None)), &policy(), 0.5);
+        let o = settle(
+            &claimed(3),
+            answered(transient(None)),
+            least(&policy()),
+            0.5,
+        );
         assert_eq!(o.outcome, AttemptOutcome::Transient);
         assert_eq!(o.next, NextState::Failed);
         assert_eq!(
@@ -308,7 +396,7 @@ mod tests {
             segments: 2,
             cause: Lost::Interrupted,
         };
-        let o = settle(&claimed(1), end, &policy(), 1.0);
+        let o = settle(&claimed(1), end, least(&policy()), 1.0);
         assert_eq!(o.outcome, AttemptOutcome::Interrupted);
         assert_eq!(o.next, NextState::Retry(Duration::from_secs(10)));
         assert_eq!(o.provider.as_deref(), Some("webhook"));
@@ -326,13 +414,66 @@ mod tests {
             segments: 1,
             cause: Lost::Crashed,
         };
-        let o = settle(&claimed(3), end, &policy(), 1.0);
+        let o = settle(&claimed(3), end, least(&policy()), 1.0);
         assert_eq!(o.outcome, AttemptOutcome::Transient);
         assert_eq!(o.next, NextState::Failed);
         assert_eq!(
             o.reason,
             "attempts exhausted after 3 sends: send task failed unexpectedly"
         );
+    }
+
+    fn unknown() -> SendOutcome {
+        SendOutcome::Unknown {
+            error: "no answer within the timeout after the request was sent".into(),
+        }
+    }
+
+    #[test]
+    fn unknown_is_recorded_as_such_and_retried_under_at_least_once() {
+        let o = settle(&claimed(1), answered(unknown()), least(&policy()), 1.0);
+        assert_eq!(o.outcome, AttemptOutcome::Unknown);
+        assert_eq!(o.next, NextState::Retry(Duration::from_secs(10)));
+        assert_eq!(o.provider.as_deref(), Some("webhook"));
+        assert_eq!(
+            o.reason,
+            "no answer within the timeout after the request was sent; retry in 10s"
+        );
+    }
+
+    #[test]
+    fn unknown_fails_under_at_most_once_whatever_attempts_are_left() {
+        let o = settle(&claimed(1), answered(unknown()), most(&policy()), 1.0);
+        assert_eq!(o.outcome, AttemptOutcome::Unknown);
+        assert_eq!(o.next, NextState::Failed);
+        assert_eq!(
+            o.error.as_deref(),
+            Some("outcome unknown: no answer within the timeout after the request was sent")
+        );
+        assert!(o.reason.starts_with("outcome unknown: "), "{}", o.reason);
+    }
+
+    #[test]
+    fn lost_sends_fail_under_at_most_once() {
+        for cause in [Lost::Interrupted, Lost::Crashed] {
+            let end = AttemptEnd::Lost {
+                provider: "webhook",
+                segments: 1,
+                cause,
+            };
+            let o = settle(&claimed(1), end, most(&policy()), 1.0);
+            assert_eq!(o.next, NextState::Failed, "{cause:?}");
+            assert!(o.reason.starts_with("outcome unknown: "), "{}", o.reason);
+        }
+        // A transient answer is no ambiguity: it is retried in either mode.
+        let o = settle(&claimed(1), answered(transient(None)), most(&policy()), 1.0);
+        assert_eq!(o.next, NextState::Retry(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn the_reaper_fails_abandoned_attempts_under_at_most_once() {
+        assert_eq!(Guarantee::AtLeastOnce.reaper_max_attempts(8), 8);
+        assert_eq!(Guarantee::AtMostOnce.reaper_max_attempts(8), 1);
     }
 
     fn any_end() -> impl Strategy<Value = AttemptEnd<'static>> {
@@ -346,6 +487,7 @@ mod tests {
                 http_status: Some(422)
             }),
             proptest::option::of(0u64..7200).prop_map(|s| transient(s.map(Duration::from_secs))),
+            Just(unknown()),
         ];
         prop_oneof![
             Just(AttemptEnd::Refused {
@@ -369,9 +511,15 @@ mod tests {
 
     proptest! {
         #[test]
-        fn every_end_is_consistent(attempt in 1u32..6, jitter in 0.0f64..=1.0, end in any_end()) {
+        fn every_end_is_consistent(
+            attempt in 1u32..6,
+            jitter in 0.0f64..=1.0,
+            end in any_end(),
+            at_most_once in proptest::bool::ANY,
+        ) {
             let p = policy();
-            let o = settle(&claimed(attempt), end.clone(), &p, jitter);
+            let rules = if at_most_once { most(&p) } else { least(&p) };
+            let o = settle(&claimed(attempt), end.clone(), rules, jitter);
             prop_assert_eq!((o.id, o.attempt), (42, attempt));
             // Only a refusal was never offered to a provider.
             prop_assert_eq!(o.provider.is_none(), matches!(end, AttemptEnd::Refused { .. }));
@@ -386,7 +534,17 @@ mod tests {
                     prop_assert!(attempt < p.max_attempts);
                     prop_assert!(after <= p.ceiling(attempt).max(crate::domain::retry::MAX_RETRY_AFTER));
                 }
-                NextState::Failed => prop_assert!(attempt >= p.max_attempts),
+                NextState::Failed => prop_assert!(
+                    attempt >= p.max_attempts || (at_most_once && o.reason.starts_with("outcome unknown: "))
+                ),
+            }
+            // Under at-most-once, what may have reached the provider is never sent again.
+            let ambiguous = matches!(
+                end,
+                AttemptEnd::Lost { .. } | AttemptEnd::Answered { answer: SendOutcome::Unknown { .. }, .. }
+            );
+            if at_most_once && ambiguous {
+                prop_assert_eq!(o.next, NextState::Failed);
             }
             // Every failure says what went wrong; success says nothing.
             prop_assert_eq!(o.error.is_none(), o.outcome == AttemptOutcome::Accepted);

@@ -129,13 +129,7 @@ impl Provider for WebhookProvider {
         }
         let response = match request.send().await {
             Ok(response) => response,
-            Err(e) => {
-                return SendOutcome::Transient {
-                    error: describe_request_error(&e),
-                    http_status: None,
-                    retry_after: None,
-                };
-            }
+            Err(e) => return request_failed(&e),
         };
         let status = response.status();
         let retry_after = retry_after(response.headers());
@@ -178,6 +172,27 @@ pub fn classify_failure(status: StatusCode, retry_after: Option<Duration>) -> Se
         SendOutcome::Permanent {
             error: format!("provider refused the message: HTTP {code}"),
             http_status: Some(code),
+        }
+    }
+}
+
+/// A request that got no answer. Failing to connect (or to build the
+/// request) means nothing was written: an ordinary transient failure. Any
+/// other error (the whole-request timeout, a connection reset) may come after
+/// the provider received the message: its outcome is unknown.
+pub fn request_failed(error: &reqwest::Error) -> SendOutcome {
+    if error.is_connect() || error.is_builder() {
+        SendOutcome::Transient {
+            error: describe_request_error(error),
+            http_status: None,
+            retry_after: None,
+        }
+    } else {
+        SendOutcome::Unknown {
+            error: format!(
+                "{}; the provider may have received it",
+                describe_request_error(error)
+            ),
         }
     }
 }

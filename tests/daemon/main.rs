@@ -495,3 +495,148 @@ fn the_demo_shows_a_message_going_from_post_to_sent_on_sqlite() {
         "the default SQLite file in the working directory"
     );
 }
+
+/// Binds a notify socket like systemd's, for the daemon to report to.
+fn notify_socket() -> (std::path::PathBuf, std::os::unix::net::UnixDatagram) {
+    let path = std::env::temp_dir().join(format!(
+        "smsrelay-notify-{:016x}.sock",
+        rand::random::<u64>()
+    ));
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    (path, socket)
+}
+
+/// Collects every notification with the time it arrived, until `done` is set.
+fn record_notifications(
+    socket: std::os::unix::net::UnixDatagram,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(std::time::Instant, String)>> {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 256];
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Ok(n) = socket.recv(&mut buffer) {
+                let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                received.push((std::time::Instant::now(), message));
+            }
+        }
+        received
+    })
+}
+
+/// The longest silence between WATCHDOG=1 pings from READY=1 on.
+fn longest_watchdog_gap(received: &[(std::time::Instant, String)]) -> Duration {
+    let ready = received
+        .iter()
+        .position(|(_, m)| m.contains("READY=1"))
+        .expect("READY=1");
+    let pings: Vec<std::time::Instant> = received[ready..]
+        .iter()
+        .filter(|(_, m)| m.contains("WATCHDOG=1"))
+        .map(|(at, _)| *at)
+        .collect();
+    assert!(pings.len() > 2, "watchdog pings after READY: {received:?}");
+    std::iter::once(received[ready].0)
+        .chain(pings.iter().copied())
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default()
+}
+
+/// Accepts like [`AcceptWithId`], after `0`.
+struct AcceptWithIdAfter(Duration);
+
+impl wiremock::Respond for AcceptWithIdAfter {
+    fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
+        AcceptWithId.respond(request).set_delay(self.0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_is_fed_through_a_database_outage_and_nothing_is_lost() {
+    // systemd's WatchdogSec=30s with a 90s outage, scaled down ten times.
+    let watchdog = Duration::from_secs(3);
+    let outage = Duration::from_secs(9);
+    let db = TestDb::new().await;
+    // Answers slowly, so the outage begins while sends are in flight and
+    // their outcomes must be recorded through it.
+    let provider = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(AcceptWithIdAfter(Duration::from_secs(1)))
+        .mount(&provider)
+        .await;
+    let (socket_path, socket) = notify_socket();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let notifications = record_notifications(socket, done.clone());
+    let mut first = Vec::new();
+    for n in 0..5 {
+        first.push(db.insert(1, "+254712345678", &format!("before {n}")).await);
+    }
+    let child = smsrelay()
+        .arg("run")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
+        .env("SMSRELAY_DATABASE__URL", &db.url)
+        .env("SMSRELAY_DATABASE__CONNECT_TIMEOUT", "1s")
+        .env("SMSRELAY_API__LISTEN", "127.0.0.1:0")
+        .env("SMSRELAY_PROVIDER__KIND", "webhook")
+        .env("SMSRELAY_PROVIDER__WEBHOOK__URL", provider.uri())
+        .env("SMSRELAY_VALIDATION__DEFAULT_REGION", "KE")
+        .env("SMSRELAY_LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start smsrelay");
+    // The outage begins while the first batch is at the provider.
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            !provider
+                .received_requests()
+                .await
+                .unwrap_or_default()
+                .is_empty()
+        })
+        .await,
+        "the first batch reached the provider"
+    );
+    db.cut().await;
+    tokio::time::sleep(outage).await;
+    db.restore().await;
+    let mut after = Vec::new();
+    for n in 0..5 {
+        after.push(db.insert(1, "+254712345678", &format!("after {n}")).await);
+    }
+    let all: Vec<i64> = first.iter().chain(&after).copied().collect();
+    let delivered = eventually(Duration::from_secs(60), || async {
+        for id in &all {
+            if db.status(*id).await != "sent" {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let (status, logs) = terminate(child);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let received = notifications.join().unwrap();
+    let _ = std::fs::remove_file(&socket_path);
+    assert!(
+        delivered,
+        "every message sent once the database is back:\n{logs}"
+    );
+    assert_eq!(status.code(), Some(0), "{logs}");
+    let gap = longest_watchdog_gap(&received);
+    assert!(
+        gap <= watchdog / 2,
+        "a WATCHDOG=1 at least every {:?} through the outage; longest silence {gap:?}",
+        watchdog / 2
+    );
+    let mut ids = received_ids(&provider).await;
+    ids.sort_unstable();
+    assert_eq!(ids, all, "each message reached the provider exactly once");
+}

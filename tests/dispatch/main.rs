@@ -3,6 +3,11 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+#[path = "../support/backends.rs"]
+mod backends;
+
+mod ambiguous;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
