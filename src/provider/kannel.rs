@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
-use super::webhook::{describe_request_error, retry_after};
+use super::webhook::{request_failed_at, retry_after};
 use super::{
     CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome,
 };
@@ -268,13 +268,7 @@ impl Provider for KannelProvider {
     async fn send(&self, sms: &OutboundSms<'_>) -> SendOutcome {
         let response = match self.client.get(self.request_url(sms)).send().await {
             Ok(response) => response,
-            Err(e) => {
-                return SendOutcome::Transient {
-                    error: format!("Kannel: {}", describe_request_error(&e.without_url())),
-                    http_status: None,
-                    retry_after: None,
-                };
-            }
+            Err(e) => return request_failed_at("Kannel: ", &e.without_url()),
         };
         let status = response.status().as_u16();
         let retry_after = retry_after(response.headers());

@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 
 use std::sync::Arc;
 
-use super::webhook::{describe_request_error, retry_after};
+use super::webhook::{request_failed_at, retry_after};
 use super::{
     CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome,
 };
@@ -251,15 +251,9 @@ impl Provider for TwilioProvider {
         let response = match request.send().await {
             Ok(response) => response,
             // Twilio has no idempotency key: after a timeout the message may
-            // exist. Retrying risks a duplicate, giving up risks a loss; a
-            // duplicate is the lesser harm for a bank's notices.
-            Err(e) => {
-                return SendOutcome::Transient {
-                    error: format!("Twilio: {}", describe_request_error(&e)),
-                    http_status: None,
-                    retry_after: None,
-                };
-            }
+            // exist, so its outcome is unknown and `[dispatch] guarantee`
+            // decides between a possible duplicate and a possible loss.
+            Err(e) => return request_failed_at("Twilio: ", &e),
         };
         let status = response.status().as_u16();
         let retry_after = retry_after(response.headers());

@@ -181,16 +181,21 @@ pub fn classify_failure(status: StatusCode, retry_after: Option<Duration>) -> Se
 /// other error (the whole-request timeout, a connection reset) may come after
 /// the provider received the message: its outcome is unknown.
 pub fn request_failed(error: &reqwest::Error) -> SendOutcome {
+    request_failed_at("", error)
+}
+
+/// [`request_failed`], with `prefix` (the provider, say) before the error.
+pub fn request_failed_at(prefix: &str, error: &reqwest::Error) -> SendOutcome {
     if error.is_connect() || error.is_builder() {
         SendOutcome::Transient {
-            error: describe_request_error(error),
+            error: format!("{prefix}{}", describe_request_error(error)),
             http_status: None,
             retry_after: None,
         }
     } else {
         SendOutcome::Unknown {
             error: format!(
-                "{}; the provider may have received it",
+                "{prefix}{}; the provider may have received it",
                 describe_request_error(error)
             ),
         }

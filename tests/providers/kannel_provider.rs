@@ -156,6 +156,7 @@ fn class_of(outcome: &SendOutcome) -> Class {
         }
         SendOutcome::Transient { .. } => Class::Transient,
         SendOutcome::Permanent { .. } => Class::Permanent,
+        SendOutcome::Unknown { .. } => panic!("an answer's outcome is never unknown"),
     }
 }
 
