@@ -799,6 +799,25 @@ mod tests {
     }
 
     #[test]
+    fn an_integral_float_is_the_whole_number_it_names() {
+        // Found by the contract test: a best-effort float parse read this one
+        // a half off and refused a schema-valid id.
+        for (body, id) in [
+            (r#"{"clientId": 7.0, "message": "x"}"#, 7),
+            (
+                r#"{"clientId": 4012059448757838.0, "message": "x"}"#,
+                4_012_059_448_757_838,
+            ),
+        ] {
+            let request: NewSmsRequest = serde_json::from_str(body).unwrap();
+            assert_eq!(request.client_id, Some(id), "{body}");
+        }
+        let fraction =
+            serde_json::from_str::<NewSmsRequest>(r#"{"clientId": 7.5, "message": "x"}"#);
+        assert!(fraction.is_err());
+    }
+
+    #[test]
     fn defaults_are_offset_paging_by_id() {
         let q = parse("").unwrap();
         assert_eq!(
