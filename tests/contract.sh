@@ -17,7 +17,10 @@ die() { log "ERROR: $*"; exit 1; }
 
 SCHEMATHESIS_VERSION=4.32.5
 EXAMPLES=${CONTRACT_EXAMPLES:-200}
-SEED=${CONTRACT_SEED:-$RANDOM}
+# A fixed seed by default, so the suite's verdict does not change from run to
+# run; CONTRACT_SEED=random explores new cases (and prints the seed to replay).
+SEED=${CONTRACT_SEED:-12950}
+[[ $SEED == random ]] && SEED=$RANDOM
 VENV=target/contract-venv
 BACKENDS=("$@")
 ((${#BACKENDS[@]})) || BACKENDS=(sqlite postgres)
