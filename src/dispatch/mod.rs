@@ -58,7 +58,8 @@ pub struct BatchReport {
     pub failed: usize,
     /// Outcomes refused by the fence (the row was no longer ours).
     pub stale: u64,
-    /// Claimed but never sent because shutdown began; handed back to `pending`.
+    /// Claimed but never sent (shutdown began, or the provider is paused);
+    /// handed back to `pending` with the attempt undone.
     pub released: usize,
 }
 
@@ -173,6 +174,10 @@ impl Dispatcher {
         heartbeat: &Heartbeat<'_>,
     ) -> Result<BatchReport, StoreError> {
         if stop.is_cancelled() {
+            return Ok(BatchReport::default());
+        }
+        // A paused provider would take nothing: leave the backlog unclaimed.
+        if self.provider.paused_for().is_some() {
             return Ok(BatchReport::default());
         }
         let claim = heartbeat.during(self.claim()).await?;
@@ -304,6 +309,10 @@ impl Dispatcher {
                     unsent.push((sms.id, sms.attempt));
                     continue;
                 }
+                Ok(TaskEnd::Done(answer)) if answer.returns_unspent() => {
+                    unsent.push((sms.id, sms.attempt));
+                    continue;
+                }
                 Ok(TaskEnd::Done(answer)) => AttemptEnd::Answered {
                     provider,
                     segments,
@@ -393,7 +402,7 @@ impl Dispatcher {
         Ok(recorded.stale)
     }
 
-    /// Hands rows shutdown kept from sending back to `pending`; returns how many.
+    /// Hands rows that were never sent back to `pending`; returns how many.
     async fn release_unsent(
         &self,
         stop: &CancellationToken,
@@ -409,7 +418,10 @@ impl Dispatcher {
                 self.store.release(instance, unsent)
             })
             .await?;
-        tracing::info!(released, "claimed messages handed back unsent at shutdown");
+        tracing::info!(
+            released,
+            "claimed messages handed back unsent (shutdown, or the provider is paused)"
+        );
         Ok(unsent.len())
     }
 

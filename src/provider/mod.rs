@@ -31,6 +31,7 @@
 //!
 //! Nothing in the dispatcher, the API, the store or the config loader changes.
 
+pub mod health;
 pub mod kannel;
 pub mod log;
 pub mod twilio;
@@ -43,7 +44,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, invalid};
-pub use crate::domain::outcome::SendOutcome;
+pub use crate::domain::outcome::{SendOutcome, Unavailable};
 use crate::domain::phone::E164;
 use crate::store::Store;
 
@@ -71,6 +72,12 @@ pub trait Provider: Send + Sync + 'static {
     /// their own authentication (no bearer token is asked for). None: the
     /// provider takes no callbacks.
     fn callback_routes(&self, _context: &CallbackContext) -> Option<axum::Router> {
+        None
+    }
+
+    /// How much longer the provider cannot take sends (paused by its health
+    /// gate, [`health::HealthGated`]); the dispatcher claims nothing meanwhile.
+    fn paused_for(&self) -> Option<Duration> {
         None
     }
 }
