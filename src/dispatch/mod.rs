@@ -22,7 +22,7 @@ use crate::domain::retry::RetryPolicy;
 pub use crate::domain::validation::Rules;
 use crate::domain::validation::{self, Ready};
 use crate::domain::{AttemptOutcome, ClaimedSms, NextState, Outcome};
-use crate::provider::{OutboundSms, Provider, SendOutcome};
+use crate::provider::{OutboundSms, Provider, Readiness, SendOutcome};
 use crate::store::{Claim, Store, StoreError};
 use heartbeat::Heartbeat;
 pub use settings::{DispatchSettings, ValidationSettings};
@@ -176,11 +176,14 @@ impl Dispatcher {
         if stop.is_cancelled() {
             return Ok(BatchReport::default());
         }
-        // A paused provider would take nothing: leave the backlog unclaimed.
-        if self.provider.paused_for().is_some() {
-            return Ok(BatchReport::default());
-        }
-        let claim = heartbeat.during(self.claim()).await?;
+        // A paused provider would take nothing: leave the backlog unclaimed,
+        // and claim one message for the probe that ends a pause.
+        let batch_size = match self.provider.readiness() {
+            Readiness::Ready => self.options.batch_size,
+            Readiness::ProbeOnly => 1,
+            Readiness::Paused(_) => return Ok(BatchReport::default()),
+        };
+        let claim = heartbeat.during(self.claim(batch_size)).await?;
         let mut report = BatchReport {
             claimed: claim.messages.len(),
             expired: claim.expired,
@@ -197,9 +200,9 @@ impl Dispatcher {
     }
 
     /// Claims the next batch under our lease.
-    async fn claim(&self) -> Result<Claim, StoreError> {
+    async fn claim(&self, batch_size: u32) -> Result<Claim, StoreError> {
         let o = &self.options;
-        let claim = self.store.claim(&o.instance, o.batch_size, o.lease).await?;
+        let claim = self.store.claim(&o.instance, batch_size, o.lease).await?;
         if claim.expired > 0 {
             tracing::info!(
                 count = claim.expired,

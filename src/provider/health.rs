@@ -10,10 +10,11 @@
 //!
 //! When a pause ends one send goes through as a probe; its answer closes the
 //! gate (anything the provider decided: accepted or refused) or pauses it
-//! again for twice as long. While paused the dispatcher claims nothing
-//! ([`Provider::paused_for`]); a send the gate refuses (the rest of a batch
-//! while a probe is out) answers [`Unavailable::Paused`] and the message goes
-//! back to `pending` with its attempt undone. The pause is logged once, with
+//! again for twice as long. While paused the dispatcher claims nothing, and
+//! one message for the probe ([`Provider::readiness`]); a send the gate
+//! refuses (another instance's, or one already claimed when the pause began)
+//! answers [`Unavailable::Paused`] and the message goes back to `pending`
+//! with its attempt undone. The pause is logged once, with
 //! the provider and the reason, and `smsrelay_provider_paused{provider}` is 1
 //! while it lasts.
 
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{CallbackContext, OutboundSms, Provider, SendOutcome, Unavailable};
+use super::{CallbackContext, OutboundSms, Provider, Readiness, SendOutcome, Unavailable};
 
 /// How the gate reacts; [`Policy::default`] is what the daemon uses.
 #[derive(Debug, Clone, Copy)]
@@ -301,10 +302,15 @@ impl Provider for HealthGated {
         self.inner.callback_routes(context)
     }
 
-    fn paused_for(&self) -> Option<Duration> {
+    fn readiness(&self) -> Readiness {
         let state = self.lock();
-        let pause = state.pause.as_ref()?;
-        pause.until.checked_duration_since(Instant::now())
+        let Some(pause) = state.pause.as_ref() else {
+            return Readiness::Ready;
+        };
+        match pause.until.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Readiness::Paused(left),
+            _ => Readiness::ProbeOnly,
+        }
     }
 }
 
@@ -376,11 +382,11 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(send(&gate).await, server_error());
         }
-        assert!(gate.paused_for().is_some());
+        assert!(matches!(gate.readiness(), Readiness::Paused(_)));
         assert!(send(&gate).await.returns_unspent());
         // Pretend the pause ran out: one probe goes through and closes the circuit.
         gate.lock().pause.as_mut().unwrap().until = Instant::now();
-        assert_eq!(gate.paused_for(), None);
+        assert_eq!(gate.readiness(), Readiness::ProbeOnly);
         assert_eq!(send(&gate).await, accepted());
         assert!(gate.lock().pause.is_none());
         assert_eq!(gate.lock().consecutive_failures, 0);
@@ -413,7 +419,9 @@ mod tests {
             retry_after: Some(Duration::from_secs(30)),
         }]);
         send(&gate).await;
-        let left = gate.paused_for().unwrap();
+        let Readiness::Paused(left) = gate.readiness() else {
+            panic!("not paused after a 429");
+        };
         assert!(left > Duration::from_secs(29) && left <= Duration::from_secs(30));
         assert!(send(&gate).await.returns_unspent());
     }

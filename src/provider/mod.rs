@@ -75,11 +75,21 @@ pub trait Provider: Send + Sync + 'static {
         None
     }
 
-    /// How much longer the provider cannot take sends (paused by its health
-    /// gate, [`health::HealthGated`]); the dispatcher claims nothing meanwhile.
-    fn paused_for(&self) -> Option<Duration> {
-        None
+    /// Whether the provider can take sends now (its health gate,
+    /// [`health::HealthGated`], may have paused it).
+    fn readiness(&self) -> Readiness {
+        Readiness::Ready
     }
+}
+
+/// What a provider can take now; the dispatcher claims accordingly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// A pause just ended: one probe send decides whether it is over.
+    ProbeOnly,
+    /// Paused for at least this long: claim nothing.
+    Paused(Duration),
 }
 
 /// What a provider's callback handlers may reach.
