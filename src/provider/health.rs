@@ -18,7 +18,7 @@
 //! the provider and the reason, and `smsrelay_provider_paused{provider}` is 1
 //! while it lasts.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -91,6 +91,9 @@ pub struct HealthGated {
     inner: Arc<dyn Provider>,
     policy: Policy,
     state: Mutex<State>,
+    /// The gauge is first set at the first dispatch cycle: the metrics
+    /// recorder is installed after the provider is built.
+    gauge_started: Once,
 }
 
 /// What the gate lets a send do.
@@ -123,11 +126,11 @@ impl HealthGated {
     }
 
     pub fn with_policy(inner: Arc<dyn Provider>, policy: Policy) -> Arc<dyn Provider> {
-        metrics::gauge!("smsrelay_provider_paused", "provider" => inner.name().to_owned()).set(0.0);
         Arc::new(Self {
             inner,
             policy,
             state: Mutex::new(State::default()),
+            gauge_started: Once::new(),
         })
     }
 
@@ -304,6 +307,8 @@ impl Provider for HealthGated {
 
     fn readiness(&self) -> Readiness {
         let state = self.lock();
+        self.gauge_started
+            .call_once(|| self.set_paused_metric(state.pause.is_some()));
         let Some(pause) = state.pause.as_ref() else {
             return Readiness::Ready;
         };
@@ -361,6 +366,7 @@ mod tests {
             }),
             policy: Policy::default(),
             state: Mutex::new(State::default()),
+            gauge_started: Once::new(),
         }
     }
 
