@@ -107,6 +107,7 @@ impl Application {
                 .guarantee
                 .reaper_max_attempts(config.dispatch.max_attempts),
         );
+        let provider = crate::provider::health::HealthGated::wrap(provider);
         let dispatcher = Arc::new(Dispatcher::new(store.clone(), provider.clone(), options));
         Self {
             store,

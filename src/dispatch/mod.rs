@@ -22,7 +22,7 @@ use crate::domain::retry::RetryPolicy;
 pub use crate::domain::validation::Rules;
 use crate::domain::validation::{self, Ready};
 use crate::domain::{AttemptOutcome, ClaimedSms, NextState, Outcome};
-use crate::provider::{OutboundSms, Provider, SendOutcome};
+use crate::provider::{OutboundSms, Provider, Readiness, SendOutcome};
 use crate::store::{Claim, Store, StoreError};
 use heartbeat::Heartbeat;
 pub use settings::{DispatchSettings, ValidationSettings};
@@ -58,7 +58,8 @@ pub struct BatchReport {
     pub failed: usize,
     /// Outcomes refused by the fence (the row was no longer ours).
     pub stale: u64,
-    /// Claimed but never sent because shutdown began; handed back to `pending`.
+    /// Claimed but never sent (shutdown began, or the provider is paused);
+    /// handed back to `pending` with the attempt undone.
     pub released: usize,
 }
 
@@ -175,7 +176,14 @@ impl Dispatcher {
         if stop.is_cancelled() {
             return Ok(BatchReport::default());
         }
-        let claim = heartbeat.during(self.claim()).await?;
+        // A paused provider would take nothing: leave the backlog unclaimed,
+        // and claim one message for the probe that ends a pause.
+        let batch_size = match self.provider.readiness() {
+            Readiness::Ready => self.options.batch_size,
+            Readiness::ProbeOnly => 1,
+            Readiness::Paused(_) => return Ok(BatchReport::default()),
+        };
+        let claim = heartbeat.during(self.claim(batch_size)).await?;
         let mut report = BatchReport {
             claimed: claim.messages.len(),
             expired: claim.expired,
@@ -192,9 +200,9 @@ impl Dispatcher {
     }
 
     /// Claims the next batch under our lease.
-    async fn claim(&self) -> Result<Claim, StoreError> {
+    async fn claim(&self, batch_size: u32) -> Result<Claim, StoreError> {
         let o = &self.options;
-        let claim = self.store.claim(&o.instance, o.batch_size, o.lease).await?;
+        let claim = self.store.claim(&o.instance, batch_size, o.lease).await?;
         if claim.expired > 0 {
             tracing::info!(
                 count = claim.expired,
@@ -304,6 +312,10 @@ impl Dispatcher {
                     unsent.push((sms.id, sms.attempt));
                     continue;
                 }
+                Ok(TaskEnd::Done(answer)) if answer.returns_unspent() => {
+                    unsent.push((sms.id, sms.attempt));
+                    continue;
+                }
                 Ok(TaskEnd::Done(answer)) => AttemptEnd::Answered {
                     provider,
                     segments,
@@ -393,7 +405,7 @@ impl Dispatcher {
         Ok(recorded.stale)
     }
 
-    /// Hands rows shutdown kept from sending back to `pending`; returns how many.
+    /// Hands rows that were never sent back to `pending`; returns how many.
     async fn release_unsent(
         &self,
         stop: &CancellationToken,
@@ -409,7 +421,10 @@ impl Dispatcher {
                 self.store.release(instance, unsent)
             })
             .await?;
-        tracing::info!(released, "claimed messages handed back unsent at shutdown");
+        tracing::info!(
+            released,
+            "claimed messages handed back unsent (shutdown, or the provider is paused)"
+        );
         Ok(unsent.len())
     }
 

@@ -59,6 +59,40 @@ pub enum SendOutcome {
     /// The request was written but no answer came (timeout, connection reset
     /// after sending): the provider may have the message.
     Unknown { error: String },
+    /// The provider cannot take anything right now, through no fault of this
+    /// message: its setup is wrong (credentials, URL, account), or the health
+    /// gate is holding sends back. Never declines or fails the message.
+    ProviderUnavailable {
+        error: String,
+        http_status: Option<u16>,
+        cause: Unavailable,
+    },
+}
+
+/// Why a provider cannot take messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The provider refused our setup (401/403, a wrong send URL, a suspended
+    /// account): an operator must fix the configuration.
+    Configuration,
+    /// The health gate is holding sends back (paused, or circuit open); the
+    /// provider was not asked.
+    Paused,
+}
+
+impl SendOutcome {
+    /// Whether the provider was never asked (the health gate held the send
+    /// back): the message is handed back to `pending` with its attempt undone
+    /// instead of being settled.
+    pub fn returns_unspent(&self) -> bool {
+        matches!(
+            self,
+            SendOutcome::ProviderUnavailable {
+                cause: Unavailable::Paused,
+                ..
+            }
+        )
+    }
 }
 
 /// Why a send task ended without the provider's answer.
@@ -173,6 +207,23 @@ pub fn settle(sms: &ClaimedSms, end: AttemptEnd<'_>, rules: Rules<'_>, jitter: f
                     },
                     error,
                     rules,
+                    jitter,
+                ),
+                // A configuration answer is the setup's fault: retried with the
+                // error on the row, and the health gate pauses the provider so
+                // the rest of the backlog keeps its attempts. (Sends the gate
+                // held back are handed back unspent, `returns_unspent`.)
+                SendOutcome::ProviderUnavailable {
+                    error, http_status, ..
+                } => retry_or_fail(
+                    Outcome {
+                        outcome: AttemptOutcome::Transient,
+                        http_status,
+                        ..base
+                    },
+                    error,
+                    None,
+                    rules.retry,
                     jitter,
                 ),
             }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::webhook::{request_failed_at, retry_after};
 use super::{
     CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome,
+    Unavailable,
 };
 use crate::config::{ConfigError, invalid};
 use crate::domain::report::{DeliveryReport, ReportApplied, ReportOutcome};
@@ -370,14 +371,14 @@ pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> SendO
         http_status,
         retry_after,
     };
-    // Not the message's fault: the operator must fix the setup. Retried (it
-    // must not decline the backlog) and said plainly.
-    let configuration = |what: &str| SendOutcome::Transient {
+    // Not the message's fault: the operator must fix the setup. The provider
+    // is paused and the message keeps its attempt (it must not decline the backlog).
+    let configuration = |what: &str| SendOutcome::ProviderUnavailable {
         error: format!(
             "Kannel configuration problem, not the message's: {what} (HTTP {status}: {answer})"
         ),
         http_status,
-        retry_after,
+        cause: Unavailable::Configuration,
     };
     let permanent = |what: &str| SendOutcome::Permanent {
         error: format!("Kannel refused the message: {what} (HTTP {status}: {answer})"),

@@ -31,6 +31,7 @@
 //!
 //! Nothing in the dispatcher, the API, the store or the config loader changes.
 
+pub mod health;
 pub mod kannel;
 pub mod log;
 pub mod twilio;
@@ -43,7 +44,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, invalid};
-pub use crate::domain::outcome::SendOutcome;
+pub use crate::domain::outcome::{SendOutcome, Unavailable};
 use crate::domain::phone::E164;
 use crate::store::Store;
 
@@ -73,6 +74,22 @@ pub trait Provider: Send + Sync + 'static {
     fn callback_routes(&self, _context: &CallbackContext) -> Option<axum::Router> {
         None
     }
+
+    /// Whether the provider can take sends now (its health gate,
+    /// [`health::HealthGated`], may have paused it).
+    fn readiness(&self) -> Readiness {
+        Readiness::Ready
+    }
+}
+
+/// What a provider can take now; the dispatcher claims accordingly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// A pause just ended: one probe send decides whether it is over.
+    ProbeOnly,
+    /// Paused for at least this long: claim nothing.
+    Paused(Duration),
 }
 
 /// What a provider's callback handlers may reach.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use super::webhook::{request_failed_at, retry_after};
 use super::{
     CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome,
+    Unavailable,
 };
 use crate::config::{ConfigError, invalid};
 use crate::domain::report::{DeliveryReport, ReportApplied, ReportOutcome};
@@ -469,14 +470,14 @@ pub fn classify_error(
             error: format!("opted-out: Twilio {code} (HTTP {status}): {what}"),
             http_status,
         },
-        // Nor a configuration class: retried (it must not decline the
-        // backlog), with an error that points at the setup.
-        ErrorClass::Configuration => SendOutcome::Transient {
+        // Not the message's fault: the provider is paused and the message
+        // keeps its attempt (it must not decline the backlog).
+        ErrorClass::Configuration => SendOutcome::ProviderUnavailable {
             error: format!(
                 "Twilio configuration problem, not the message's: {code} (HTTP {status}): {what}"
             ),
             http_status,
-            retry_after,
+            cause: Unavailable::Configuration,
         },
     }
 }

@@ -9,7 +9,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use serde::{Deserialize, Serialize};
 
-use super::{OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome};
+use super::{OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome, Unavailable};
 use crate::config::{ConfigError, invalid};
 use crate::secrets::{Secret, resolve_secret};
 
@@ -158,6 +158,20 @@ impl Provider for WebhookProvider {
 /// Maps a non-2xx status to an outcome. The body is never quoted: it may echo the number or text.
 pub fn classify_failure(status: StatusCode, retry_after: Option<Duration>) -> SendOutcome {
     let code = status.as_u16();
+    // The token was refused, or the one URL we post to is not there: no
+    // message is at fault, and every other one would get the same answer.
+    if matches!(
+        status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+    ) {
+        return SendOutcome::ProviderUnavailable {
+            error: format!(
+                "webhook configuration problem, not the message's: HTTP {code}; check provider.webhook.url and token"
+            ),
+            http_status: Some(code),
+            cause: Unavailable::Configuration,
+        };
+    }
     let transient = status.is_server_error()
         || status.is_redirection()
         || status == StatusCode::REQUEST_TIMEOUT
@@ -259,12 +273,26 @@ mod tests {
                 "{code}"
             );
         }
-        for code in [400, 401, 403, 404, 422] {
+        for code in [400, 410, 422] {
             let status = StatusCode::from_u16(code).unwrap();
             assert!(
                 matches!(
                     classify_failure(status, None),
                     SendOutcome::Permanent { .. }
+                ),
+                "{code}"
+            );
+        }
+        // Our credentials or URL, not the message: the provider is unavailable.
+        for code in [401, 403, 404] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert!(
+                matches!(
+                    classify_failure(status, None),
+                    SendOutcome::ProviderUnavailable {
+                        cause: Unavailable::Configuration,
+                        ..
+                    }
                 ),
                 "{code}"
             );

@@ -1514,3 +1514,28 @@ async fn openapi_states_the_bounds_and_rules_the_server_applies() {
         Some("clientId")
     );
 }
+
+#[tokio::test]
+async fn the_provider_paused_gauge_is_exported_from_the_start() {
+    let app = spawn_app().await;
+    let scrape = || async {
+        app.http
+            .get(format!("{}/metrics", app.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            scrape()
+                .await
+                .contains("smsrelay_provider_paused{provider=\"webhook\"} 0")
+        })
+        .await,
+        "{}",
+        scrape().await
+    );
+}

@@ -640,3 +640,65 @@ async fn the_watchdog_is_fed_through_a_database_outage_and_nothing_is_lost() {
     ids.sort_unstable();
     assert_eq!(ids, all, "each message reached the provider exactly once");
 }
+
+/// Answers 401 until the flag is set, then accepts.
+struct UnauthorizedUntil(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl wiremock::Respond for UnauthorizedUntil {
+    fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            AcceptWithId.respond(request)
+        } else {
+            wiremock::ResponseTemplate::new(401)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_pauses_the_provider_with_one_log_line_and_declines_nothing() {
+    let db = TestDb::new().await;
+    let provider = wiremock::MockServer::start().await;
+    let fixed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(UnauthorizedUntil(fixed.clone()))
+        .mount(&provider)
+        .await;
+    let child = start_daemon(&db, &provider.uri());
+    let mut ids = Vec::new();
+    for client in 0..5 {
+        ids.push(db.insert(client, "+254712345678", "hello").await);
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            !provider.received_requests().await.unwrap().is_empty()
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    fixed.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            for &id in &ids {
+                if db.status(id).await != "sent" {
+                    return false;
+                }
+            }
+            true
+        })
+        .await
+    );
+    let (status, logs) = terminate(child);
+    assert_eq!(status.code(), Some(0), "{logs}");
+    let paused: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("provider paused"))
+        .collect();
+    assert_eq!(paused.len(), 1, "one line per pause: {paused:?}");
+    assert!(
+        paused[0].contains("\"provider\":\"webhook\"")
+            && paused[0].contains("configuration problem"),
+        "{}",
+        paused[0]
+    );
+    assert!(logs.contains("provider answering again"), "{logs}");
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use smsrelay::Config;
 use smsrelay::domain::phone::E164;
 use smsrelay::provider::kannel::{KannelProvider, KannelSettings};
-use smsrelay::provider::{OutboundSms, Provider, SendOutcome};
+use smsrelay::provider::{OutboundSms, Provider, SendOutcome, Unavailable};
 use smsrelay::provider::{ProviderInstance, ProviderKind};
 use smsrelay::secrets::Secret;
 use tokio_util::sync::CancellationToken;
@@ -151,8 +151,13 @@ enum Class {
 fn class_of(outcome: &SendOutcome) -> Class {
     match outcome {
         SendOutcome::Accepted { .. } => Class::Accepted,
-        SendOutcome::Transient { error, .. } if error.contains("configuration problem") => {
-            Class::Configuration
+        SendOutcome::ProviderUnavailable {
+            error,
+            cause: Unavailable::Configuration,
+            ..
+        } if error.contains("configuration problem") => Class::Configuration,
+        SendOutcome::ProviderUnavailable { .. } => {
+            panic!("a provider's own answer is never `paused`")
         }
         SendOutcome::Transient { .. } => Class::Transient,
         SendOutcome::Permanent { .. } => Class::Permanent,

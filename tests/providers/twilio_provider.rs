@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use smsrelay::domain::phone::E164;
 use smsrelay::provider::twilio::{TwilioProvider, TwilioSettings};
-use smsrelay::provider::{OutboundSms, Provider, SendOutcome};
+use smsrelay::provider::{OutboundSms, Provider, SendOutcome, Unavailable};
 use smsrelay::provider::{ProviderInstance, ProviderKind};
 use smsrelay::secrets::Secret;
 use tokio_util::sync::CancellationToken;
@@ -150,8 +150,13 @@ enum Class {
 
 fn class_of(outcome: &SendOutcome) -> Class {
     match outcome {
-        SendOutcome::Transient { error, .. } if error.contains("configuration problem") => {
-            Class::Configuration
+        SendOutcome::ProviderUnavailable {
+            error,
+            cause: Unavailable::Configuration,
+            ..
+        } if error.contains("configuration problem") => Class::Configuration,
+        SendOutcome::ProviderUnavailable { .. } => {
+            panic!("a provider's own answer is never `paused`")
         }
         SendOutcome::Transient { .. } => Class::Transient,
         SendOutcome::Permanent { error, .. } if error.starts_with("opted-out") => Class::OptedOut,
