@@ -7,6 +7,7 @@ mod support;
 mod backends;
 
 mod ambiguous;
+mod lease;
 
 use std::collections::HashSet;
 use std::sync::Arc;
