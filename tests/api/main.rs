@@ -548,6 +548,32 @@ async fn post_refuses_what_it_cannot_send_and_stores_nothing() {
 }
 
 #[tokio::test]
+async fn a_failing_directory_lookup_tells_the_caller_nothing_of_the_database() {
+    let app = spawn_app().await;
+    // The platform's table is gone: the directory query fails in the database.
+    sqlx::raw_sql("DROP TABLE m_client")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let (status, reply) = app
+        .post(
+            json!({"message": "hello", "clientId": 1}),
+            &app.read_send,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let text = reply.to_string();
+    for leak in ["m_client", "relation", "does not exist", "42P01"] {
+        assert!(
+            !text.contains(leak),
+            "the database's error reached the caller: {text}"
+        );
+    }
+    assert!(text.contains("error.msg.directory.failed"), "{text}");
+}
+
+#[tokio::test]
 async fn idempotency_scopes_cannot_collide_across_token_names() {
     // Token `a` with key `b:c` and token `a:b` with key `c` are different requests.
     let app = spawn_app_with(|config| {
