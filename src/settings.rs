@@ -40,8 +40,8 @@ impl Config {
     /// Asks each part to check its section.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.database.validate()?;
-        // The provider's timeout bounds a batch, so the lease depends on it.
-        self.dispatch.validate(self.provider.timeout)?;
+        // The lease must outlive a renewal, i.e. one database call.
+        self.dispatch.validate(self.database.connect_timeout)?;
         self.provider.validate()?;
         self.validation.validate()?;
         self.housekeeping.validate()?;

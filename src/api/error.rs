@@ -161,12 +161,14 @@ impl From<StoreError> for ApiError {
         if e.is_transient() {
             tracing::warn!(error = %e, "API request failed: database unavailable");
             ApiError::unavailable()
-        } else if let StoreError::Directory(message) = &e {
+        } else if let StoreError::Directory(_) = &e {
+            // The database's text stays in the log (it names the query, never
+            // the number); the caller learns only that the lookup failed.
             tracing::error!(error = %e, "directory lookup failed");
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "error.msg.directory.misconfigured",
-                message.clone(),
+                "error.msg.directory.failed",
+                "the recipient's mobile number could not be looked up; the server log has the details",
             )
         } else {
             tracing::error!(error = %e, "API request failed");

@@ -630,7 +630,8 @@ pub async fn get_sms(
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 200;
 
-/// The `Idempotency-Key` header, scoped by token so two callers cannot collide on a key.
+/// The `Idempotency-Key` header, scoped by token (`<name length>:<name>:<key>`)
+/// so two callers cannot collide on a key.
 fn idempotency_key(headers: &HeaderMap, caller: &Caller) -> Result<Option<String>, ApiError> {
     let mut values = headers.get_all("idempotency-key").iter();
     let Some(value) = values.next() else {
@@ -660,7 +661,8 @@ fn idempotency_key(headers: &HeaderMap, caller: &Caller) -> Result<Option<String
                 ),
             )
         })?;
-    Ok(Some(format!("{}:{key}", caller.name)))
+    // Length-prefixed, so no token name and key can spell another pair's scope.
+    Ok(Some(format!("{}:{}:{key}", caller.name.len(), caller.name)))
 }
 
 /// Queue an SMS to a client or a staff member; the number comes from the platform's records.

@@ -228,6 +228,7 @@ impl Dispatcher {
         let mut outcomes = Vec::with_capacity(messages.len());
         let mut in_flight = InFlight::default();
         let permits = Arc::new(Semaphore::new(self.options.concurrency as usize));
+        let batch: Vec<(i64, u32)> = messages.iter().map(|m| (m.id, m.attempt)).collect();
         for sms in messages {
             match validation::validate(&sms, &self.options.rules) {
                 Ok(ready) => self.spawn_send(&mut in_flight, sms, ready, &permits, stop),
@@ -241,8 +242,15 @@ impl Dispatcher {
             }
         }
         let mut unsent = Vec::new();
-        self.collect(in_flight, stop, heartbeat, &mut outcomes, &mut unsent)
-            .await;
+        self.collect(
+            in_flight,
+            &batch,
+            stop,
+            heartbeat,
+            &mut outcomes,
+            &mut unsent,
+        )
+        .await;
         (outcomes, unsent)
     }
 
@@ -283,11 +291,14 @@ impl Dispatcher {
         in_flight.rows.insert(handle.id(), (sms, segments));
     }
 
-    /// Waits for every send task and settles each one. Once shutdown starts,
-    /// sends in flight get `shutdown_grace`, then are interrupted.
+    /// Waits for every send task and settles each one, renewing the lease of
+    /// the whole `batch` (finished sends are not recorded yet either) every
+    /// lease/3 meanwhile. Once shutdown starts, sends in flight get
+    /// `shutdown_grace`, then are interrupted.
     async fn collect(
         &self,
         mut in_flight: InFlight,
+        batch: &[(i64, u32)],
         stop: &CancellationToken,
         heartbeat: &Heartbeat<'_>,
         outcomes: &mut Vec<Outcome>,
@@ -295,11 +306,19 @@ impl Dispatcher {
     ) {
         let provider = self.provider.name();
         let mut deadline: Option<Instant> = None;
-        // Each finished send is progress; none within provider.timeout means a stuck loop.
-        while let Some(joined) = heartbeat
-            .during(self.join_next(&mut in_flight.tasks, &mut deadline, stop))
-            .await
-        {
+        let mut renew_at = Instant::now() + self.renew_every();
+        loop {
+            if Instant::now() >= renew_at {
+                self.renew(heartbeat, batch).await;
+                renew_at = Instant::now() + self.renew_every();
+            }
+            // Each finished send is progress; none within provider.timeout means a
+            // stuck loop. Waiting for the next one is cancel-safe, so a renewal may cut in.
+            let joined = tokio::select! {
+                joined = heartbeat.during(self.join_next(&mut in_flight.tasks, &mut deadline, stop)) => joined,
+                _ = tokio::time::sleep_until(renew_at) => continue,
+            };
+            let Some(joined) = joined else { break };
             let (task_id, end) = match joined {
                 Ok((task_id, end)) => (task_id, Ok(end)),
                 Err(e) => (e.id(), Err(e)),
@@ -332,6 +351,40 @@ impl Dispatcher {
                 },
             };
             outcomes.push(self.settle(&sms, end));
+        }
+    }
+
+    /// How often the leases of a batch in flight are renewed: a third of the
+    /// lease, so two renewals may fail before another instance may take over.
+    fn renew_every(&self) -> Duration {
+        self.options.lease / 3
+    }
+
+    /// Extends the lease of `batch` in one fenced statement. A failure is
+    /// logged and left to the next renewal; a row the fence refused was taken
+    /// over by another instance, and its outcome will be refused as stale.
+    async fn renew(&self, heartbeat: &Heartbeat<'_>, batch: &[(i64, u32)]) {
+        let o = &self.options;
+        let renewal = self.store.renew(&o.instance, batch, o.lease);
+        match heartbeat
+            .during(tokio::time::timeout(self.renew_every(), renewal))
+            .await
+        {
+            Ok(Ok(renewed)) if renewed < batch.len() as u64 => {
+                metrics::counter!("smsrelay_leases_lost_total")
+                    .increment(batch.len() as u64 - renewed);
+                tracing::warn!(
+                    renewed,
+                    in_flight = batch.len(),
+                    "some leases could not be renewed: those rows were taken over by another instance"
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
+            Err(_) => tracing::warn!(
+                timeout = ?self.renew_every(),
+                "lease renewal timed out; will retry"
+            ),
         }
     }
 

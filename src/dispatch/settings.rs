@@ -11,6 +11,10 @@ use crate::domain::outcome::Guarantee;
 use crate::domain::phone::Region;
 use crate::domain::retry::RetryPolicy;
 
+/// The shortest lease allowed: renewed every lease/3, it must leave room
+/// for a database round trip.
+const MIN_LEASE: Duration = Duration::from_secs(3);
+
 /// `[dispatch]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -42,7 +46,7 @@ impl Default for DispatchSettings {
             batch_size: 64,
             concurrency: 16,
             poll_interval: Duration::from_secs(1),
-            lease: Duration::from_secs(120),
+            lease: Duration::from_secs(30),
             max_attempts: 8,
             backoff_initial: Duration::from_secs(10),
             backoff_max: Duration::from_secs(3600),
@@ -54,9 +58,9 @@ impl Default for DispatchSettings {
 }
 
 impl DispatchSettings {
-    /// Checks what types alone cannot. `send_timeout` is the provider's
-    /// whole-request timeout, which bounds how long a batch can take.
-    pub fn validate(&self, send_timeout: Duration) -> Result<(), ConfigError> {
+    /// Checks what types alone cannot. `db_call` is the longest a database
+    /// call may wait for a connection (`database.connect_timeout`).
+    pub fn validate(&self, db_call: Duration) -> Result<(), ConfigError> {
         if self.batch_size == 0 {
             return Err(invalid("dispatch.batch_size", "must be at least 1"));
         }
@@ -89,16 +93,25 @@ impl DispatchSettings {
                 "must be 1 to 200 characters",
             ));
         }
-        // A claimed batch must be sent and recorded before its lease runs out,
-        // or another instance would reclaim and send it again.
-        let rounds = self.batch_size.div_ceil(self.concurrency);
-        let worst_batch = send_timeout * rounds + Duration::from_secs(5);
-        if self.lease <= worst_batch {
+        // The lease is renewed every lease/3 while sends are in flight, so it
+        // only has to outlive one renewal interval plus a database call (which
+        // waits at most database.connect_timeout for a connection), not a batch.
+        if self.lease < MIN_LEASE {
             return Err(invalid(
                 "dispatch.lease",
                 format!(
-                    "must exceed provider.timeout x ceil(batch_size / concurrency) + 5s = {}",
-                    humantime::format_duration(worst_batch)
+                    "must be at least {} (it is renewed every lease/3 while sends are in flight)",
+                    humantime::format_duration(MIN_LEASE)
+                ),
+            ));
+        }
+        let renewal_slack = self.lease - self.lease / 3;
+        if renewal_slack <= db_call {
+            return Err(invalid(
+                "dispatch.lease",
+                format!(
+                    "must exceed 1.5 x database.connect_timeout = {}, so that a renewal every lease/3 lands before the lease runs out",
+                    humantime::format_duration(db_call * 3 / 2)
                 ),
             ));
         }
@@ -197,5 +210,42 @@ impl ValidationSettings {
             default_region: self.default_region.as_deref().and_then(|r| r.parse().ok()),
             max_segments: self.max_segments,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_lease(lease: Duration) -> DispatchSettings {
+        DispatchSettings {
+            lease,
+            ..DispatchSettings::default()
+        }
+    }
+
+    #[test]
+    fn the_lease_only_has_to_outlive_a_renewal() {
+        let db_call = Duration::from_secs(5);
+        assert!(DispatchSettings::default().validate(db_call).is_ok());
+        assert!(DispatchSettings::default().lease <= Duration::from_secs(30));
+        // Shorter than a batch of slow sends is fine: it is renewed meanwhile.
+        assert!(with_lease(Duration::from_secs(8)).validate(db_call).is_ok());
+        assert!(
+            with_lease(Duration::from_secs(3))
+                .validate(Duration::from_secs(1))
+                .is_ok()
+        );
+
+        let too_short = with_lease(Duration::from_secs(2)).validate(Duration::from_secs(1));
+        assert_eq!(
+            too_short.unwrap_err().to_string(),
+            "config key `dispatch.lease`: must be at least 3s (it is renewed every lease/3 while sends are in flight)"
+        );
+        let no_room = with_lease(Duration::from_secs(6)).validate(db_call);
+        assert_eq!(
+            no_room.unwrap_err().to_string(),
+            "config key `dispatch.lease`: must exceed 1.5 x database.connect_timeout = 7s 500ms, so that a renewal every lease/3 lands before the lease runs out"
+        );
     }
 }

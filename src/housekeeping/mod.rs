@@ -23,7 +23,7 @@ pub struct HousekeepingSettings {
 impl Default for HousekeepingSettings {
     fn default() -> Self {
         Self {
-            reaper: "*/15 * * * * *".into(),
+            reaper: "*/5 * * * * *".into(),
             reaper_batch: 1000,
         }
     }
@@ -62,9 +62,7 @@ pub struct ReaperSettings {
 pub fn validate_cron(expression: &str) -> Result<(), String> {
     Job::new_async(expression, |_, _| Box::pin(async {}))
         .map(|_| ())
-        .map_err(|e| {
-            format!("is not a cron expression with seconds (e.g. \"*/15 * * * * *\"): {e}")
-        })
+        .map_err(|e| format!("is not a cron expression with seconds (e.g. \"*/5 * * * * *\"): {e}"))
 }
 
 /// One reaper pass, in batches until nothing is left. Public for tests.

@@ -77,6 +77,11 @@ impl AttemptRef {
             .collect()
     }
 
+    /// The `(id, attempt)` pairs of a renewal as JSON, each row once.
+    pub fn distinct_json(claims: &[(i64, u32)]) -> Result<String, StoreError> {
+        to_json(&AttemptRef::all(first_per_id(claims, |(id, _)| *id)))
+    }
+
     /// The rows of a claim, on the attempt they are now on.
     pub fn claimed(messages: &[ClaimedSms]) -> Vec<AttemptRef> {
         messages

@@ -51,6 +51,15 @@ impl Leases for Layered {
         self.store.release(instance, claims).await
     }
 
+    async fn renew(
+        &self,
+        instance: &str,
+        claims: &[(i64, u32)],
+        lease: Duration,
+    ) -> Result<u64, StoreError> {
+        self.store.renew(instance, claims, lease).await
+    }
+
     async fn reap_expired_leases(
         &self,
         max_attempts: u32,

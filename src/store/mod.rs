@@ -299,6 +299,17 @@ pub trait Leases: Send + Sync + 'static {
     /// Hands claimed rows that were never sent back to `pending`, undoing their attempt.
     async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError>;
 
+    /// Extends the lease of rows `instance` is still sending to `lease` from
+    /// now, in one statement. Fenced like outcomes: only a row still
+    /// `sending` on that attempt under `instance` changes. Returns how many
+    /// did; a row that did not was taken over and is no longer ours.
+    async fn renew(
+        &self,
+        instance: &str,
+        claims: &[(i64, u32)],
+        lease: Duration,
+    ) -> Result<u64, StoreError>;
+
     /// Returns rows whose lease expired to `pending` (or `failed` when that was
     /// their last attempt), marking the open attempt `abandoned`. Runs in one
     /// instance at a time.

@@ -260,6 +260,14 @@ INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
 SELECT i.id, 'sending', 'pending', 'released unsent at shutdown', UTC_TIMESTAMP(6)
 FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$.id')) AS i";
 
+// Lease renewal for rows still being sent, fenced like outcomes.
+// Parameters: lease in microseconds, JSON [{id, attempt}], instance.
+const RENEW: &str = "
+UPDATE sms s JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$.id', attempt INT PATH '$.attempt')) AS i
+    ON s.id = i.id
+SET s.lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
+WHERE s.status = 'sending' AND s.attempts = i.attempt AND s.locked_by = ?";
+
 // --- reaper ----------------------------------------------------------------
 
 // Per database: GET_LOCK names are server-wide, and two smsrelay deployments
@@ -614,6 +622,24 @@ impl Leases for MySqlStore {
         }
         tx.commit().await?;
         Ok(released.len() as u64)
+    }
+
+    async fn renew(
+        &self,
+        instance: &str,
+        claims: &[(i64, u32)],
+        lease: Duration,
+    ) -> Result<u64, StoreError> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let renewed = sqlx::query(RENEW)
+            .bind(AttemptRef::distinct_json(claims)?)
+            .bind(micros(lease))
+            .bind(instance)
+            .execute(&self.pool)
+            .await?;
+        Ok(renewed.rows_affected())
     }
 
     async fn reap_expired_leases(

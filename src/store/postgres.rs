@@ -189,6 +189,14 @@ event AS (
 )
 SELECT count(*) FROM released";
 
+// Lease renewal for rows still being sent, fenced like outcomes.
+// $1 = instance, $2 = JSON [{id, attempt}], $3 = lease in ms.
+const RENEW: &str = "
+UPDATE sms SET lease_expires_at = now() + $3::bigint * interval '1 millisecond'
+FROM jsonb_to_recordset($2::jsonb) AS i(id bigint, attempt int)
+WHERE sms.id = i.id AND sms.status = 'sending'
+  AND sms.attempts = i.attempt AND sms.locked_by = $1";
+
 // Expired leases: the instance crashed or hung. Its open attempt is marked
 // `abandoned` (it may have reached the provider: at-least-once).
 const REAP: &str = "
@@ -348,6 +356,24 @@ impl Leases for PgStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(u64::try_from(released).unwrap_or(0))
+    }
+
+    async fn renew(
+        &self,
+        instance: &str,
+        claims: &[(i64, u32)],
+        lease: Duration,
+    ) -> Result<u64, StoreError> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let renewed = sqlx::query(RENEW)
+            .bind(instance)
+            .bind(AttemptRef::distinct_json(claims)?)
+            .bind(millis(lease))
+            .execute(&self.pool)
+            .await?;
+        Ok(renewed.rows_affected())
     }
 
     async fn reap_expired_leases(

@@ -237,6 +237,14 @@ const RELEASE_EVENTS: &str = "
 INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
 SELECT value, 'sending', 'pending', 'released unsent at shutdown', ?2 FROM json_each(?1)";
 
+// Lease renewal for rows still being sent, fenced like outcomes.
+// ?1 = JSON [{id, attempt}], ?2 = instance, ?3 = now, ?4 = lease in ms.
+const RENEW: &str = "
+UPDATE sms SET lease_expires_at = ?3 + ?4
+FROM (SELECT value ->> '$.id' AS id, value ->> '$.attempt' AS attempt FROM json_each(?1)) AS i
+WHERE sms.id = i.id AND sms.status = 'sending'
+  AND sms.attempts = i.attempt AND sms.locked_by = ?2";
+
 // Expired leases: the instance crashed or hung. SET expressions read the row
 // as it was before the update, so `last_error` still sees `locked_by`.
 // ?1 = now, ?2 = max attempts, ?3 = limit.
@@ -492,6 +500,25 @@ impl Leases for SqliteStore {
         }
         tx.commit().await?;
         Ok(released.len() as u64)
+    }
+
+    async fn renew(
+        &self,
+        instance: &str,
+        claims: &[(i64, u32)],
+        lease: Duration,
+    ) -> Result<u64, StoreError> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let renewed = sqlx::query(RENEW)
+            .bind(AttemptRef::distinct_json(claims)?)
+            .bind(instance)
+            .bind(now_ms())
+            .bind(millis(lease))
+            .execute(&self.pool)
+            .await?;
+        Ok(renewed.rows_affected())
     }
 
     async fn reap_expired_leases(

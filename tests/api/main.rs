@@ -548,6 +548,53 @@ async fn post_refuses_what_it_cannot_send_and_stores_nothing() {
 }
 
 #[tokio::test]
+async fn a_failing_directory_lookup_tells_the_caller_nothing_of_the_database() {
+    let app = spawn_app().await;
+    // The platform's table is gone: the directory query fails in the database.
+    sqlx::raw_sql("DROP TABLE m_client")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let (status, reply) = app
+        .post(
+            json!({"message": "hello", "clientId": 1}),
+            &app.read_send,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let text = reply.to_string();
+    for leak in ["m_client", "relation", "does not exist", "42P01"] {
+        assert!(
+            !text.contains(leak),
+            "the database's error reached the caller: {text}"
+        );
+    }
+    assert!(text.contains("error.msg.directory.failed"), "{text}");
+}
+
+#[tokio::test]
+async fn idempotency_scopes_cannot_collide_across_token_names() {
+    // Token `a` with key `b:c` and token `a:b` with key `c` are different requests.
+    let app = spawn_app_with(|config| {
+        config.api.tokens[0].name = "a".into();
+        config.api.tokens[2].name = "a:b".into();
+    })
+    .await;
+    let body = json!({"message": "Repayment received", "clientId": 4});
+    let (status, first) = app.post(body.clone(), &app.read_send, Some("b:c")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, second) = app.post(body, &app.send_only, Some("c")).await;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    assert_ne!(first["resourceId"], second["resourceId"]);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM sms")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2, "two callers, two messages");
+}
+
+#[tokio::test]
 async fn an_idempotent_retry_returns_the_first_result() {
     let app = spawn_app().await;
     let body = json!({"message": "Repayment received", "clientId": 4});

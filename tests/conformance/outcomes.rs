@@ -20,6 +20,7 @@ conformance!(
     concurrent_reapers_recover_each_row_once,
     a_row_changes_once_per_batch,
     an_outcomes_provider_is_recorded_on_its_attempt,
+    renewal_extends_only_our_own_fenced_rows,
 );
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -551,4 +552,46 @@ async fn an_outcomes_provider_is_recorded_on_its_attempt(db: TestStore) {
     let attempts = db.store.attempts(unnamed).await.unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].provider, None);
+}
+
+/// A renewal extends the lease of our rows on their current attempt only:
+/// another instance's row, or ours on a stale attempt, still expires.
+async fn renewal_extends_only_our_own_fenced_rows(db: TestStore) {
+    let short = Duration::from_millis(300);
+    let ours = claimed(&db, "node-a", short).await;
+    let theirs = claimed(&db, "node-b", short).await;
+    let renewed = db
+        .store
+        .renew(
+            "node-a",
+            &[(ours, 1), (theirs, 1), (ours, 2), (ours, 1)],
+            LEASE,
+        )
+        .await
+        .unwrap();
+    assert_eq!(renewed, 1, "only node-a's row on attempt 1 is renewed");
+    assert_eq!(
+        db.store.renew("node-a", &[(ours, 2)], LEASE).await.unwrap(),
+        0,
+        "a stale attempt is not renewed"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = reap_all(&*db.store, 8).await;
+    assert_eq!((report.requeued, report.failed), (1, 0));
+    assert_eq!(
+        db.status(ours).await,
+        "sending",
+        "the renewed lease still holds"
+    );
+    assert_eq!(
+        db.status(theirs).await,
+        "pending",
+        "the other instance's lease ran out"
+    );
+    let report = db
+        .store
+        .record_outcomes("node-a", &[outcome(ours, 1, NextState::Sent)])
+        .await
+        .unwrap();
+    assert_eq!((report.applied, report.stale), (1, 0));
 }

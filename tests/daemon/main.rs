@@ -702,3 +702,84 @@ async fn a_refused_token_pauses_the_provider_with_one_log_line_and_declines_noth
     );
     assert!(logs.contains("provider answering again"), "{logs}");
 }
+
+/// Hangs on the first request (the instance that sent it will be killed),
+/// accepts every later one at once.
+struct HangFirst(std::sync::atomic::AtomicUsize);
+
+impl wiremock::Respond for HangFirst {
+    fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let answer = AcceptWithId.respond(request);
+        if n == 0 {
+            answer.set_delay(Duration::from_secs(120))
+        } else {
+            answer
+        }
+    }
+}
+
+/// `smsrelay run` with the default lease and reaper schedule, logging at info.
+fn start_quiet_daemon(db: &TestDb, provider_url: &str) -> Child {
+    smsrelay()
+        .arg("run")
+        .env("SMSRELAY_DATABASE__URL", &db.url)
+        .env("SMSRELAY_DATABASE__CONNECT_TIMEOUT", "1s")
+        .env("SMSRELAY_API__LISTEN", "127.0.0.1:0")
+        .env("SMSRELAY_PROVIDER__KIND", "webhook")
+        .env("SMSRELAY_PROVIDER__WEBHOOK__URL", provider_url)
+        .env("SMSRELAY_VALIDATION__DEFAULT_REGION", "KE")
+        .env("SMSRELAY_DISPATCH__POLL_INTERVAL", "50ms")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start smsrelay")
+}
+
+/// Crash recovery with the default settings: one instance is SIGKILLed while
+/// its send hangs at the provider; the other sends the message again within
+/// one lease plus one reaper interval. Prints the measured time (README, Guarantees).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sigkill_another_instance_sends_again_within_lease_and_reaper_interval() {
+    let db = TestDb::new().await;
+    let provider = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(HangFirst(std::sync::atomic::AtomicUsize::new(0)))
+        .mount(&provider)
+        .await;
+    let id = db.insert(1, "+254712345678", "crash test").await;
+    let mut crashed = start_quiet_daemon(&db, &provider.uri());
+    let requests = || async { provider.received_requests().await.unwrap_or_default().len() };
+    assert!(
+        eventually(Duration::from_secs(30), || async { requests().await == 1 }).await,
+        "the first instance sends"
+    );
+    let survivor = start_quiet_daemon(&db, &provider.uri());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    crashed.kill().expect("SIGKILL");
+    let killed_at = std::time::Instant::now();
+    crashed.wait().unwrap();
+    let defaults = smsrelay::settings::Config::default();
+    let bound = defaults.dispatch.lease + Duration::from_secs(5 + 5);
+    let resent = eventually(bound + Duration::from_secs(10), || async {
+        requests().await >= 2
+    })
+    .await;
+    let recovery = killed_at.elapsed();
+    assert!(resent, "the survivor sends the message again");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            db.status(id).await == "sent"
+        })
+        .await,
+        "and records it"
+    );
+    let (status, _) = terminate(survivor);
+    assert_eq!(status.code(), Some(0));
+    eprintln!("SIGKILL to the message sent again by the other instance: {recovery:?}");
+    assert!(
+        recovery < bound,
+        "recovered in {recovery:?}, expected under lease + reaper interval + 5s = {bound:?}"
+    );
+    assert_eq!(requests().await, 2, "sent once more, not more");
+}

@@ -7,6 +7,7 @@ mod support;
 mod backends;
 
 mod ambiguous;
+mod lease;
 mod provider_health;
 
 use std::collections::HashSet;
