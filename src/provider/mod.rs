@@ -31,9 +31,13 @@
 //!
 //! Nothing in the dispatcher, the API, the store or the config loader changes.
 
+pub mod africastalking;
+pub mod callback;
 pub mod health;
+pub mod infobip;
 pub mod kannel;
 pub mod log;
+pub mod template;
 pub mod twilio;
 pub mod webhook;
 
@@ -147,6 +151,10 @@ pub enum ProviderKind {
     Kannel,
     /// Twilio Programmable Messaging.
     Twilio,
+    /// Infobip's SMS API.
+    Infobip,
+    /// Africa's Talking's SMS API.
+    Africastalking,
 }
 
 impl ProviderKind {
@@ -157,6 +165,8 @@ impl ProviderKind {
             ProviderKind::Webhook => "webhook",
             ProviderKind::Kannel => "kannel",
             ProviderKind::Twilio => "twilio",
+            ProviderKind::Infobip => "infobip",
+            ProviderKind::Africastalking => "africastalking",
         }
     }
 }
@@ -175,6 +185,10 @@ pub struct ProviderSettings {
     pub kannel: Option<kannel::KannelSettings>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub twilio: Option<twilio::TwilioSettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub infobip: Option<infobip::InfobipSettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub africastalking: Option<africastalking::AfricasTalkingSettings>,
 }
 
 impl Default for ProviderSettings {
@@ -185,6 +199,8 @@ impl Default for ProviderSettings {
             webhook: webhook::WebhookSettings::default(),
             kannel: None,
             twilio: None,
+            infobip: None,
+            africastalking: None,
         }
     }
 }
@@ -197,6 +213,10 @@ impl ProviderSettings {
             ProviderKind::Webhook => &self.webhook,
             ProviderKind::Kannel => required_section(&self.kannel, "kannel")?,
             ProviderKind::Twilio => required_section(&self.twilio, "twilio")?,
+            ProviderKind::Infobip => required_section(&self.infobip, "infobip")?,
+            ProviderKind::Africastalking => {
+                required_section(&self.africastalking, "africastalking")?
+            }
         })
     }
 

@@ -465,11 +465,10 @@ pub fn classify_error(
             error: format!("Twilio refused the message: {code} (HTTP {status}): {what}"),
             http_status,
         },
-        // SendOutcome has no opted-out class yet: declined, with a reason that says so.
-        ErrorClass::OptedOut => SendOutcome::Permanent {
-            error: format!("opted-out: Twilio {code} (HTTP {status}): {what}"),
+        ErrorClass::OptedOut => SendOutcome::opted_out(
+            format!("Twilio {code} (HTTP {status}): {what}"),
             http_status,
-        },
+        ),
         // Not the message's fault: the provider is paused and the message
         // keeps its attempt (it must not decline the backlog).
         ErrorClass::Configuration => SendOutcome::ProviderUnavailable {

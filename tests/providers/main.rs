@@ -8,6 +8,8 @@ mod support;
 #[path = "../support/kannel.rs"]
 mod kannel;
 
+mod africastalking_provider;
+mod infobip_provider;
 mod kannel_daemon;
 mod kannel_gateway;
 mod kannel_provider;
