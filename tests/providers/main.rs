@@ -14,3 +14,4 @@ mod kannel_daemon;
 mod kannel_gateway;
 mod kannel_provider;
 mod twilio_provider;
+mod webhook_template;
