@@ -12,6 +12,7 @@ use subtle::ConstantTimeEq;
 
 use std::sync::Arc;
 
+use super::callback::parse_http_url;
 use super::webhook::{request_failed_at, retry_after};
 use super::{
     CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome,
@@ -113,14 +114,6 @@ impl TwilioSettings {
         }
         Ok(())
     }
-}
-
-fn parse_http_url(key: &str, value: &str) -> Result<reqwest::Url, ConfigError> {
-    let url = reqwest::Url::parse(value).map_err(|e| invalid(key, format!("is not a URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(invalid(key, "must be an http or https URL with a host"));
-    }
-    Ok(url)
 }
 
 /// Who the message is from: a number / sender id, or a Messaging Service.
