@@ -101,6 +101,12 @@ impl WebhookSettings {
             .content_type
             .clone()
             .unwrap_or_else(|| "application/json".to_owned());
+        if reqwest::header::HeaderValue::from_str(&content_type).is_err() {
+            return Err(invalid(
+                instance.key("content_type"),
+                "is not a valid header value",
+            ));
+        }
         let encoding = Encoding::of(&content_type).ok_or_else(|| {
             invalid(
                 instance.key("content_type"),

@@ -153,6 +153,14 @@ fn bad_templates_are_refused_at_load_time_naming_the_key() {
         ),
         (
             WebhookSettings {
+                body: Some(r#"{"to": "{{to}}"}"#.into()),
+                content_type: Some("application/json; x=\n".into()),
+                ..WebhookSettings::default()
+            },
+            "provider.webhook.content_type",
+        ),
+        (
+            WebhookSettings {
                 method: Some("PUT".into()),
                 ..WebhookSettings::default()
             },
