@@ -199,6 +199,24 @@ pub async fn wait_for_database(
 }
 
 /// `smsrelay migrate`: applies migrations once the database answers.
+/// `smsrelay opt-out remove <number>`: clears the number's opt-out and says
+/// whether there was one (on stdout, the number masked).
+pub async fn remove_opt_out(config: &Config, number: &str) -> anyhow::Result<()> {
+    let rules = config.validation.rules();
+    let number = crate::domain::phone::E164::parse(number, rules.default_region)
+        .map_err(|e| anyhow::anyhow!("number: {e}"))?;
+    let key = crate::domain::opt_out::OptOutKey::of(&number);
+    let mut options = config.store_options()?;
+    options.pool_size = 1;
+    let store = store::open(&options)?;
+    if store.remove_opt_out(&key).await? {
+        println!("opt-out of {number} removed: messages to it will be sent again");
+    } else {
+        println!("{number} was not opted out; nothing changed");
+    }
+    Ok(())
+}
+
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     let mut options = config.store_options()?;
     options.pool_size = 1;

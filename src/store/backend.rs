@@ -1,7 +1,8 @@
 //! [`Messages`], [`Directory`] and [`Schema`] written once for every dialect,
 //! on top of the few primitives a dialect implements ([`Backend`]): how it
 //! runs a statement, its placeholders, its migrations, and the handful of
-//! statements whose SQL really differs.
+//! statements whose SQL really differs. [`OptOuts`] and the provider-id
+//! lookup of reports are portable SQL too.
 
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
@@ -10,9 +11,10 @@ use super::batch::{by_status, directory_error, lookup_from};
 use super::query::{self, Arg, Style};
 use super::rows::{self, ATTEMPT_COLUMNS, Columns, EVENT_COLUMNS, SMS_COLUMNS};
 use super::{
-    DEMO_CREATE, Directory, DirectoryQueries, Enqueued, Lookup, Messages, Page, QueueStats, Schema,
-    SmsQuery, StoreError,
+    DEMO_CREATE, Directory, DirectoryQueries, Enqueued, Lookup, Messages, OptOuts, Page,
+    QueueStats, Schema, SmsQuery, StoreError,
 };
+use crate::domain::opt_out::OptOutKey;
 use crate::domain::{AttemptRecord, EventRecord, NewSms, Recipient, SmsRecord};
 
 /// The directory SQL a store runs: the operator's, or the dialect's default
@@ -246,4 +248,109 @@ impl<B: Backend> Schema for B {
         self.fetch(B::DEMO_INSERT, &[]).await?;
         Ok(())
     }
+}
+
+/// `(p1, p2, ..., pn)` in the dialect's placeholder style.
+fn placeholders<B: Backend>(n: usize) -> String {
+    let list: Vec<String> = (1..=n).map(B::STYLE.placeholder).collect();
+    format!("({})", list.join(", "))
+}
+
+#[async_trait]
+impl<B: Backend> OptOuts for B {
+    async fn record_opt_out(
+        &self,
+        number: &OptOutKey,
+        provider: &str,
+        sms_id: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = format!(
+            "INSERT INTO sms_opt_out (number_sha256, provider, sms_id) VALUES {}",
+            placeholders::<B>(3)
+        );
+        let args = [
+            Arg::Text(Some(number.as_str().to_owned())),
+            Arg::Text(Some(provider.to_owned())),
+            Arg::Int(Some(sms_id)),
+        ];
+        // A plain INSERT on every dialect: the primary key refuses a number
+        // already recorded (by this send's duplicate, or another instance).
+        match self.fetch(&sql, &args).await {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn opted_out(&self, numbers: &[OptOutKey]) -> Result<Vec<OptOutKey>, StoreError> {
+        if numbers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT number_sha256 FROM sms_opt_out WHERE number_sha256 IN {}",
+            placeholders::<B>(numbers.len())
+        );
+        let args: Vec<Arg> = numbers
+            .iter()
+            .map(|n| Arg::Text(Some(n.as_str().to_owned())))
+            .collect();
+        let rows = self.fetch(&sql, &args).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(OptOutKey::from_stored(
+                    row.text("number_sha256")?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    async fn remove_opt_out(&self, number: &OptOutKey) -> Result<bool, StoreError> {
+        let key = [Arg::Text(Some(number.as_str().to_owned()))];
+        let found = self
+            .fetch(
+                &by_key::<B>("number_sha256", "sms_opt_out", "number_sha256", ""),
+                &key,
+            )
+            .await?;
+        let p = (B::STYLE.placeholder)(1);
+        self.fetch(
+            &format!("DELETE FROM sms_opt_out WHERE number_sha256 = {p}"),
+            &key,
+        )
+        .await?;
+        Ok(!found.is_empty())
+    }
+}
+
+/// [`super::Reports::attempt_by_provider_message_id`] for any dialect: the
+/// accepted attempt carrying that id (indexed by migration 0005).
+pub(super) async fn attempt_by_provider_message_id<B: Backend>(
+    backend: &B,
+    provider: &str,
+    provider_message_id: &str,
+) -> Result<Option<(i64, u32)>, StoreError> {
+    let p = B::STYLE.placeholder;
+    let sql = format!(
+        "SELECT sms_id, attempt FROM sms_attempt \
+         WHERE provider_message_id = {} AND provider = {} AND outcome = 'accepted' \
+         ORDER BY attempt DESC LIMIT 1",
+        p(1),
+        p(2)
+    );
+    let rows = backend
+        .fetch(
+            &sql,
+            &[
+                Arg::Text(Some(provider_message_id.to_owned())),
+                Arg::Text(Some(provider.to_owned())),
+            ],
+        )
+        .await?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    let sms_id = row.int("sms_id")?.unwrap_or(0);
+    let attempt = row.int4("attempt")?.unwrap_or(0);
+    Ok(Some((sms_id, u32::try_from(attempt).unwrap_or(0))))
 }

@@ -428,4 +428,12 @@ impl Reports for PgStore {
                 .bind(&report.reason)
         )
     }
+
+    async fn attempt_by_provider_message_id(
+        &self,
+        provider: &str,
+        provider_message_id: &str,
+    ) -> Result<Option<(i64, u32)>, StoreError> {
+        super::backend::attempt_by_provider_message_id(self, provider, provider_message_id).await
+    }
 }

@@ -51,6 +51,7 @@ mod daemon;
 mod directory;
 mod dispatch;
 mod list;
+mod opt_outs;
 mod outcomes;
 mod reports;
 mod schema;
