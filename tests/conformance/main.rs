@@ -54,6 +54,7 @@ mod list;
 mod outcomes;
 mod reports;
 mod schema;
+mod timeout;
 mod unreadable;
 
 use std::time::Duration;
