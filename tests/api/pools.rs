@@ -4,14 +4,23 @@
 use super::*;
 
 /// Backends of this test's database waiting for a lock.
-async fn waiting_on_a_lock(app: &TestApp) -> i64 {
+async fn waiting_on_a_lock(app: &TestApp, platform: &sqlx::PgPool) -> i64 {
     sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
     )
     .bind(&app.db.name)
-    .fetch_one(&app.db.pool)
+    .fetch_one(platform)
     .await
     .unwrap()
+}
+
+/// Status of one row, read through the platform's own connections.
+async fn status_of(platform: &sqlx::PgPool, id: i64) -> String {
+    sqlx::query_scalar("SELECT status FROM sms WHERE id = $1")
+        .bind(id)
+        .fetch_one(platform)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -22,11 +31,13 @@ async fn the_dispatcher_sends_while_the_api_holds_every_connection_it_may_have()
         c.api.statement_timeout = Duration::from_secs(30);
     })
     .await;
-    // The platform holds a lock on its client table (a long migration, say):
-    // every POST's directory lookup waits on it, holding an API connection.
-    let mut platform = app.db.pool.begin().await.unwrap();
+    // The platform, on connections of its own, holds a lock on its client
+    // table (a long migration, say): every POST's directory lookup waits on
+    // it, holding an API connection.
+    let platform = sqlx::PgPool::connect(&app.db.url).await.unwrap();
+    let mut lock = platform.begin().await.unwrap();
     sqlx::query("LOCK TABLE m_client IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *platform)
+        .execute(&mut *lock)
         .await
         .unwrap();
     // More stalled requests than the API may hold connections (and than the
@@ -43,34 +54,39 @@ async fn the_dispatcher_sends_while_the_api_holds_every_connection_it_may_have()
         .collect();
     assert!(
         eventually(Duration::from_secs(10), || async {
-            waiting_on_a_lock(&app).await >= 4
+            waiting_on_a_lock(&app, &platform).await >= 4
         })
         .await,
         "the lookups are waiting on the lock"
     );
     // Meanwhile the platform enqueues through the outbox table.
-    let id = app
-        .db
-        .insert(1, "+254 712 345 678", "Your code is 1234")
-        .await;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO sms (client_id, mobile_no, message) VALUES (1, '+254 712 345 678', 'Your code is 1234') RETURNING id",
+    )
+    .fetch_one(&platform)
+    .await
+    .unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
-            app.db.status(id).await == "sent"
+            status_of(&platform, id).await == "sent"
         })
         .await,
         "the dispatcher sent and recorded while every API connection was held: {}",
-        app.db.status(id).await
+        status_of(&platform, id).await
     );
     let outcomes: Vec<Option<String>> =
         sqlx::query_scalar("SELECT outcome FROM sms_attempt WHERE sms_id = $1")
             .bind(id)
-            .fetch_all(&app.db.pool)
+            .fetch_all(&platform)
             .await
             .unwrap();
     assert_eq!(outcomes, vec![Some("accepted".to_owned())]);
-    assert!(waiting_on_a_lock(&app).await >= 1, "the API was still held");
+    assert!(
+        waiting_on_a_lock(&app, &platform).await >= 1,
+        "the API was still held"
+    );
     assert_eq!(received_ids(&app.provider).await, vec![id]);
-    platform.rollback().await.unwrap();
+    lock.rollback().await.unwrap();
     for post in posts {
         let status = post.await.unwrap().unwrap();
         assert!(status == 201 || status == 503, "{status}");
