@@ -266,8 +266,13 @@ impl Dispatcher {
         let provider = self.provider.clone();
         let permits = permits.clone();
         let stop = stop.clone();
-        let (id, attempt, message, segments) =
-            (sms.id, sms.attempt, sms.message.clone(), ready.segments);
+        let (id, attempt, message, send_key, segments) = (
+            sms.id,
+            sms.attempt,
+            sms.message.clone(),
+            sms.send_key.clone(),
+            ready.segments,
+        );
         let handle = in_flight.tasks.spawn(async move {
             // Waiting for a slot is abandoned at shutdown; a started request is not.
             let _permit = tokio::select! {
@@ -281,6 +286,7 @@ impl Dispatcher {
                 to: &ready.to,
                 message: &message,
                 segments,
+                send_key: &send_key,
             };
             let started = std::time::Instant::now();
             let answer = provider.send(&outbound).await;
