@@ -91,11 +91,14 @@ impl SqliteStore {
         let file = std::path::absolute(connect.get_filename())
             .unwrap_or_else(|_| connect.get_filename().to_owned());
         tracing::info!(file = %file.display(), "outbox in an SQLite file");
-        let pool = SqlitePoolOptions::new()
+        let mut pool = SqlitePoolOptions::new()
             .max_connections(options.pool_size)
-            .acquire_timeout(options.connect_timeout)
-            .after_release(|conn, _| Box::pin(session::sqlite_after_release(conn)))
-            .connect_lazy_with(connect);
+            .acquire_timeout(options.connect_timeout);
+        // Only the API's pools set deadlines; the dispatcher's pays nothing for them.
+        if options.session.statement_timeout.is_some() {
+            pool = pool.after_release(|conn, _| Box::pin(session::sqlite_after_release(conn)));
+        }
+        let pool = pool.connect_lazy_with(connect);
         Ok(Self {
             pool,
             directory: DirectorySql::new(&options.directory, CLIENT_QUERY, STAFF_QUERY),
