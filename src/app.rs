@@ -58,14 +58,23 @@ impl Application {
             );
             Authenticator::default()
         };
+        // The API's pools are its own: however many of its requests wait on a
+        // slow query or a lock, the dispatcher's connections stay free.
+        let api_store = store::open(&config.api_store_options()?)?;
+        let reads = match config.api_read_store_options()? {
+            Some(replica) => store::open(&replica)?,
+            None => api_store.clone(),
+        };
         let state = ApiState {
-            store: self.store.clone(),
+            store: api_store.clone(),
+            reads,
             auth: Arc::new(auth),
             wake: self.dispatcher.waker(),
             rules: self.dispatcher.rules(),
             body_read_timeout: config.api.body_read_timeout,
             default_limit: config.api.default_limit,
             max_limit: config.api.max_limit,
+            max_offset: config.api.max_offset,
             metrics: crate::api::metrics::install(),
         };
         let listener = std::net::TcpListener::bind(config.api.listen).map_err(|e| {
@@ -77,9 +86,7 @@ impl Application {
         listener.set_nonblocking(true)?;
         let callbacks = crate::provider::callback_router(
             self.provider.as_ref(),
-            &CallbackContext {
-                store: self.store.clone(),
-            },
+            &CallbackContext { store: api_store },
         );
         self.api = Some((
             listener,

@@ -17,9 +17,11 @@ pub mod mysql;
 pub mod postgres;
 mod query;
 mod rows;
+mod session;
 pub mod settings;
 pub mod sqlite;
 
+pub use backend::QUEUE_COUNTS;
 pub use layered::with_queue;
 
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use async_trait::async_trait;
 
 use time::OffsetDateTime;
 
+pub use session::Session;
 pub use settings::{DEFAULT_DATABASE_URL, DatabaseSettings};
 
 use crate::domain::opt_out::OptOutKey;
@@ -251,7 +254,7 @@ pub struct Enqueued {
 /// Queue health for metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueStats {
-    /// Rows per status (every status present, zeros included).
+    /// Rows `pending` and `sending` (see [`QUEUE_COUNTS`]; terminal states are not counted).
     pub by_status: Vec<(Status, u64)>,
     /// Pending rows due now.
     pub due: u64,
@@ -266,6 +269,8 @@ pub struct StoreOptions {
     pub pool_size: u32,
     pub connect_timeout: Duration,
     pub directory: DirectoryQueries,
+    /// Who the pool is and how long its statements may run.
+    pub session: Session,
 }
 
 /// The queue's hot path, as the dispatcher works it: claim, then record.

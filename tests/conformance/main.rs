@@ -55,6 +55,7 @@ mod opt_outs;
 mod outcomes;
 mod reports;
 mod schema;
+mod timeout;
 mod unreadable;
 
 use std::time::Duration;

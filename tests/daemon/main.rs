@@ -90,7 +90,7 @@ fn the_reference_config_file_is_valid_and_complete() {
 fn bad_configuration_names_the_key_and_exits_2() {
     // (environment, extra config file lines, the key the error must name)
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
-    let cases: [Case; 5] = [
+    let cases: [Case; 9] = [
         (
             &[("SMSRELAY_DISPATCH__BATCH_SIZE", "lots")],
             "",
@@ -108,6 +108,22 @@ fn bad_configuration_names_the_key_and_exits_2() {
             "",
             "housekeeping.reaper",
         ),
+        (
+            &[("SMSRELAY_DATABASE__READ_URL", "mysql://replica/x")],
+            "",
+            "database.read_url",
+        ),
+        (
+            &[("SMSRELAY_API__STATEMENT_TIMEOUT", "0s")],
+            "",
+            "api.statement_timeout",
+        ),
+        (
+            &[("SMSRELAY_API__MAX_OFFSET", "9223372036854775808")],
+            "",
+            "api.max_offset",
+        ),
+        (&[("SMSRELAY_API__POOL_SIZE", "0")], "", "api.pool_size"),
     ];
     for (env, file, key) in cases {
         let path = write_config(&format!(
