@@ -52,8 +52,9 @@ pub(super) trait Backend: Send + Sync + 'static {
     /// The demo rows, inserted unless present (see [`super::demo_rows`]).
     const DEMO_INSERT: &'static str;
 
-    /// Runs one statement with `args` bound in order and returns its rows.
-    async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<Self::Row>, sqlx::Error>;
+    /// Runs one statement with `args` bound in order and returns its rows,
+    /// within `database.call_timeout`.
+    async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<Self::Row>, StoreError>;
 
     fn directory(&self) -> &DirectorySql;
 
@@ -208,7 +209,10 @@ impl<B: Backend> Directory for B {
             .await
             .map_err(directory_error)?;
         let found = match rows.first() {
-            Some(row) => Some(row.first_text().map_err(directory_error)?),
+            Some(row) => Some(
+                row.first_text()
+                    .map_err(|e| directory_error(StoreError::from(e)))?,
+            ),
             None => None,
         };
         Ok(lookup_from(found))

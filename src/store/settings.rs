@@ -25,6 +25,11 @@ pub struct DatabaseSettings {
     pub pool_size: u32,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// The longest one database call may take (claim, record, renew, reap,
+    /// API queries; waiting for a connection included). A call that runs out
+    /// counts as the database being unavailable, and its connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
 }
 
 impl Default for DatabaseSettings {
@@ -34,6 +39,7 @@ impl Default for DatabaseSettings {
             url_credential: None,
             pool_size: 10,
             connect_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -46,6 +52,15 @@ impl DatabaseSettings {
         }
         if self.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
+        }
+        if self.call_timeout.is_zero() {
+            return Err(invalid("database.call_timeout", "must be more than 0s"));
+        }
+        if self.connect_timeout > self.call_timeout {
+            return Err(invalid(
+                "database.connect_timeout",
+                "must not exceed database.call_timeout (a call includes waiting for a connection)",
+            ));
         }
         Ok(())
     }
@@ -72,6 +87,7 @@ impl StoreOptions {
             url: database.url()?.expose().to_owned(),
             pool_size: database.pool_size,
             connect_timeout: database.connect_timeout,
+            call_timeout: database.call_timeout,
             directory: directory.clone(),
         })
     }

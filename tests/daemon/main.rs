@@ -783,3 +783,148 @@ async fn after_a_sigkill_another_instance_sends_again_within_lease_and_reaper_in
     );
     assert_eq!(requests().await, 2, "sent once more, not more");
 }
+
+/// PostgreSQL backends stopped with SIGSTOP: they neither answer nor reset
+/// their connections, as behind a network partition. Continued on drop, so a
+/// frozen backend never outlives the test, whatever happens in it.
+struct FrozenBackends(Vec<i32>);
+
+impl FrozenBackends {
+    /// Stops every backend of `database` whose connection says `application_name`.
+    async fn freeze(db: &TestDb, application_name: &str) -> FrozenBackends {
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
+        )
+        .bind(&db.name)
+        .bind(application_name)
+        .fetch_all(&db.pool)
+        .await
+        .expect("pg_stat_activity");
+        let frozen = FrozenBackends(pids);
+        for pid in &frozen.0 {
+            let stopped = Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status()
+                .expect("kill -STOP");
+            assert!(stopped.success(), "kill -STOP {pid}");
+        }
+        frozen
+    }
+}
+
+impl Drop for FrozenBackends {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// Item 8: the backends serving the daemon stop answering mid-batch. Their
+/// calls time out (database.call_timeout), the daemon logs it and goes on with
+/// fresh connections, feeds the watchdog throughout, records each outcome
+/// once, and sends everything after the backends are continued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_database_backend_is_timed_out_and_nothing_is_recorded_twice() {
+    let watchdog = Duration::from_secs(3);
+    let freeze = Duration::from_secs(8);
+    let application_name = "smsrelay-frozen-test";
+    let db = TestDb::new().await;
+    // Answers after a second, so the freeze begins while sends are in flight
+    // and their outcomes are recorded through it.
+    let provider = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(AcceptWithIdAfter(Duration::from_secs(1)))
+        .mount(&provider)
+        .await;
+    let (socket_path, socket) = notify_socket();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let notifications = record_notifications(socket, done.clone());
+    let mut first = Vec::new();
+    for n in 0..5 {
+        first.push(db.insert(1, "+254712345678", &format!("before {n}")).await);
+    }
+    let child = smsrelay()
+        .arg("run")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
+        .env(
+            "SMSRELAY_DATABASE__URL",
+            format!("{}?application_name={application_name}", db.url),
+        )
+        .env("SMSRELAY_DATABASE__CONNECT_TIMEOUT", "1s")
+        .env("SMSRELAY_API__LISTEN", "127.0.0.1:0")
+        .env("SMSRELAY_PROVIDER__KIND", "webhook")
+        .env("SMSRELAY_PROVIDER__WEBHOOK__URL", provider.uri())
+        .env("SMSRELAY_VALIDATION__DEFAULT_REGION", "KE")
+        .env("SMSRELAY_DISPATCH__POLL_INTERVAL", "50ms")
+        .env("SMSRELAY_LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start smsrelay");
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            !provider
+                .received_requests()
+                .await
+                .unwrap_or_default()
+                .is_empty()
+        })
+        .await,
+        "the first batch reached the provider"
+    );
+    {
+        let frozen = FrozenBackends::freeze(&db, application_name).await;
+        assert!(!frozen.0.is_empty(), "the daemon's backends were found");
+        tokio::time::sleep(freeze).await;
+    }
+    let mut after = Vec::new();
+    for n in 0..5 {
+        after.push(db.insert(1, "+254712345678", &format!("after {n}")).await);
+    }
+    let all: Vec<i64> = first.iter().chain(&after).copied().collect();
+    let delivered = eventually(Duration::from_secs(60), || async {
+        for id in &all {
+            if db.status(*id).await != "sent" {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let (status, logs) = terminate(child);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let received = notifications.join().unwrap();
+    let _ = std::fs::remove_file(&socket_path);
+    assert!(
+        delivered,
+        "every message sent once the backends continue:\n{logs}"
+    );
+    assert_eq!(status.code(), Some(0), "{logs}");
+    assert!(
+        logs.contains("database.call_timeout"),
+        "the timed-out calls are logged, naming the setting:\n{logs}"
+    );
+    let gap = longest_watchdog_gap(&received);
+    assert!(
+        gap <= watchdog / 2,
+        "a WATCHDOG=1 at least every {:?} through the freeze; longest silence {gap:?}",
+        watchdog / 2
+    );
+    let mut ids = received_ids(&provider).await;
+    ids.sort_unstable();
+    assert_eq!(ids, all, "each message reached the provider exactly once");
+    let attempts: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT sms_id, count(*) FROM sms_attempt GROUP BY sms_id ORDER BY sms_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        attempts,
+        all.iter().map(|id| (*id, 1)).collect::<Vec<_>>(),
+        "one attempt row per message"
+    );
+}
