@@ -468,7 +468,7 @@ impl Dispatcher {
             metrics::counter!("smsrelay_stale_writes_total").increment(recorded.stale);
             tracing::warn!(
                 stale = recorded.stale,
-                "outcomes not recorded: the rows were no longer leased to this instance (lease expired and reclaimed?); they may be sent twice"
+                "outcomes not recorded: the rows were no longer leased to this instance (lease expired and reclaimed, or an earlier try of this write that timed out landed after all); they may be sent twice"
             );
         }
         Ok(recorded.stale)

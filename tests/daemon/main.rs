@@ -790,16 +790,23 @@ async fn after_a_sigkill_another_instance_sends_again_within_lease_and_reaper_in
 struct FrozenBackends(Vec<i32>);
 
 impl FrozenBackends {
-    /// Stops every backend of `database` whose connection says `application_name`.
-    async fn freeze(db: &TestDb, application_name: &str) -> FrozenBackends {
-        let pids: Vec<i32> = sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
+    /// The backends of `db` whose connection says `application_name`;
+    /// with `waiting`, only those waiting for a lock (mid-statement).
+    async fn find(db: &TestDb, application_name: &str, waiting: bool) -> Vec<i32> {
+        sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = $2
+             AND (NOT $3 OR wait_event_type = 'Lock')",
         )
         .bind(&db.name)
         .bind(application_name)
+        .bind(waiting)
         .fetch_all(&db.pool)
         .await
-        .expect("pg_stat_activity");
+        .expect("pg_stat_activity")
+    }
+
+    /// Stops the backends `pids`.
+    fn freeze(pids: Vec<i32>) -> FrozenBackends {
         let frozen = FrozenBackends(pids);
         for pid in &frozen.0 {
             let stopped = Command::new("kill")
@@ -822,14 +829,16 @@ impl Drop for FrozenBackends {
     }
 }
 
-/// Item 8: the backends serving the daemon stop answering mid-batch. Their
-/// calls time out (database.call_timeout), the daemon logs it and goes on with
-/// fresh connections, feeds the watchdog throughout, records each outcome
-/// once, and sends everything after the backends are continued.
+/// Item 8: the backends serving the daemon stop answering, first while idle
+/// in its pool, then in the middle of an outcome write. The daemon logs it,
+/// goes on with fresh connections (a call on a stopped backend times out
+/// after database.call_timeout and its connection is closed), feeds the
+/// watchdog throughout, records each outcome once, and sends everything after
+/// the backends are continued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_database_backend_is_timed_out_and_nothing_is_recorded_twice() {
     let watchdog = Duration::from_secs(3);
-    let freeze = Duration::from_secs(8);
+    let longest_freeze = Duration::from_secs(30);
     let application_name = "smsrelay-frozen-test";
     let db = TestDb::new().await;
     // Answers after a second, so the freeze begins while sends are in flight
@@ -855,6 +864,7 @@ async fn a_frozen_database_backend_is_timed_out_and_nothing_is_recorded_twice() 
             format!("{}?application_name={application_name}", db.url),
         )
         .env("SMSRELAY_DATABASE__CONNECT_TIMEOUT", "1s")
+        .env("SMSRELAY_DATABASE__CALL_TIMEOUT", "2s")
         .env("SMSRELAY_API__LISTEN", "127.0.0.1:0")
         .env("SMSRELAY_PROVIDER__KIND", "webhook")
         .env("SMSRELAY_PROVIDER__WEBHOOK__URL", provider.uri())
@@ -876,14 +886,59 @@ async fn a_frozen_database_backend_is_timed_out_and_nothing_is_recorded_twice() 
         .await,
         "the first batch reached the provider"
     );
-    {
-        let frozen = FrozenBackends::freeze(&db, application_name).await;
+    let recorded_while_frozen = {
+        let frozen =
+            FrozenBackends::freeze(FrozenBackends::find(&db, application_name, false).await);
         assert!(!frozen.0.is_empty(), "the daemon's backends were found");
-        tokio::time::sleep(freeze).await;
-    }
+        // The outcomes are written on fresh connections while the old ones
+        // are still stopped: nothing waits for TCP to give up.
+        eventually(longest_freeze, || async {
+            for id in &first {
+                if db.status(*id).await != "sent" {
+                    return false;
+                }
+            }
+            true
+        })
+        .await
+    };
+    // Now mid-statement: the outcome write of the second batch waits for a
+    // row lock the test holds; its backend is stopped there, and the lock
+    // released, so that the stopped backend is granted it.
     let mut after = Vec::new();
     for n in 0..5 {
         after.push(db.insert(1, "+254712345678", &format!("after {n}")).await);
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            received_ids(&provider).await.contains(&after[0])
+        })
+        .await,
+        "the second batch reached the provider"
+    );
+    let mut lock = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM sms WHERE id = $1 FOR UPDATE")
+        .bind(after[0])
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let waiting = loop {
+        let waiting = FrozenBackends::find(&db, application_name, true).await;
+        if !waiting.is_empty() || started.elapsed() > Duration::from_secs(30) {
+            break waiting;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        !waiting.is_empty(),
+        "the outcome write waits for the row lock"
+    );
+    {
+        let _frozen = FrozenBackends::freeze(waiting);
+        lock.commit().await.unwrap();
+        // Several call timeouts while the write stays stopped.
+        tokio::time::sleep(Duration::from_secs(8)).await;
     }
     let all: Vec<i64> = first.iter().chain(&after).copied().collect();
     let delivered = eventually(Duration::from_secs(60), || async {
@@ -899,6 +954,10 @@ async fn a_frozen_database_backend_is_timed_out_and_nothing_is_recorded_twice() 
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let received = notifications.join().unwrap();
     let _ = std::fs::remove_file(&socket_path);
+    assert!(
+        recorded_while_frozen,
+        "the first batch recorded while its backends were stopped:\n{logs}"
+    );
     assert!(
         delivered,
         "every message sent once the backends continue:\n{logs}"
