@@ -17,19 +17,20 @@ use crate::{ids, outcome};
 
 conformance!(
     a_provider_id_with_a_nul_byte_is_recorded_with_the_rest_of_its_batch,
+    a_value_the_schema_refuses_costs_only_its_own_field,
     over_long_values_are_recorded_shortened,
     errors_that_can_succeed_on_a_second_try_are_retryable,
 );
 
-/// Accepts every message with id `prov-<id>`, except `odd`'s, whose id has a NUL byte.
-struct NulIdFor(i64);
+/// Accepts every message with id `prov-<id>`, except message `.0`, whose id is `.1`.
+struct OddIdFor(i64, &'static str);
 
-impl Respond for NulIdFor {
+impl Respond for OddIdFor {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
         let id = body["id"].as_i64().unwrap_or_default();
         let provider_id = if id == self.0 {
-            "bad\u{0}id".to_owned()
+            self.1.to_owned()
         } else {
             format!("prov-{id}")
         };
@@ -47,7 +48,7 @@ async fn a_provider_id_with_a_nul_byte_is_recorded_with_the_rest_of_its_batch(db
     let odd = rows[1];
     let provider = MockServer::start().await;
     Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(NulIdFor(odd))
+        .respond_with(OddIdFor(odd, "bad\u{0}id"))
         .mount(&provider)
         .await;
     let dispatcher = dispatcher(&db, &config(&db, &provider.uri()));
@@ -74,6 +75,76 @@ async fn a_provider_id_with_a_nul_byte_is_recorded_with_the_rest_of_its_batch(db
             Some(expected.as_str())
         );
     }
+    let mut sent = crate::support::received_ids(&provider).await;
+    sent.sort_unstable();
+    assert_eq!(sent, rows, "each message reached the provider once");
+}
+
+/// A legacy schema that holds only ASCII provider ids (a CHECK on
+/// PostgreSQL, a utf8mb3 column on MySQL, a trigger on SQLite) refuses a
+/// provider's id with an emoji: that row is recorded without the id, the
+/// rest of its batch with theirs, each attempt once.
+async fn a_value_the_schema_refuses_costs_only_its_own_field(db: TestStore) {
+    match db.backend {
+        crate::backends::Backend::Postgres => {
+            db.exec(
+                "ALTER TABLE sms_attempt ADD CONSTRAINT ascii_provider_ids
+                 CHECK (octet_length(provider_message_id) = char_length(provider_message_id))",
+                &[],
+            )
+            .await;
+        }
+        crate::backends::Backend::MySql => {
+            for table in ["sms", "sms_attempt"] {
+                db.exec(
+                    &format!(
+                        "ALTER TABLE {table} MODIFY provider_message_id VARCHAR(255) CHARACTER SET utf8mb3"
+                    ),
+                    &[],
+                )
+                .await;
+            }
+        }
+        crate::backends::Backend::Sqlite => {
+            db.exec(
+                "CREATE TRIGGER ascii_provider_ids BEFORE UPDATE ON sms_attempt
+                 WHEN length(CAST(NEW.provider_message_id AS BLOB)) <> length(NEW.provider_message_id)
+                 BEGIN SELECT RAISE(ABORT, 'provider ids are ASCII'); END",
+                &[],
+            )
+            .await;
+        }
+    }
+    let mut rows = Vec::new();
+    for n in 0..3 {
+        rows.push(db.insert(1, "+254712345678", &format!("hello {n}")).await);
+    }
+    let odd = rows[1];
+    let provider = MockServer::start().await;
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(OddIdFor(odd, "id-\u{1F600}"))
+        .mount(&provider)
+        .await;
+    let dispatcher = dispatcher(&db, &config(&db, &provider.uri()));
+
+    let report = dispatcher
+        .run_once(&CancellationToken::new())
+        .await
+        .expect("the batch is recorded");
+    assert_eq!((report.claimed, report.sent, report.stale), (3, 3, 0));
+    for id in &rows {
+        let sms = db.store.get(*id).await.unwrap().unwrap();
+        assert_eq!(sms.status.as_str(), "sent", "{}", db.backend.name());
+        let expected = (*id != odd).then(|| format!("prov-{id}"));
+        assert_eq!(sms.provider_message_id, expected, "message {id}");
+        let attempts = db.store.attempts(*id).await.unwrap();
+        assert_eq!(attempts.len(), 1, "one attempt row for one send");
+        assert_eq!(attempts[0].outcome.as_deref(), Some("accepted"));
+        assert_eq!(attempts[0].provider_message_id, expected);
+    }
+    let (_, to, reason) = db.transitions(odd).await.pop().unwrap();
+    assert_eq!(to, "sent");
+    assert!(reason.contains("the database refused"), "{reason}");
     let mut sent = crate::support::received_ids(&provider).await;
     sent.sort_unstable();
     assert_eq!(sent, rows, "each message reached the provider once");
