@@ -92,3 +92,31 @@ impl StoreOptions {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_call_has_a_deadline_that_covers_waiting_for_a_connection() {
+        let defaults = DatabaseSettings::default();
+        assert!(defaults.validate().is_ok());
+        assert_eq!(defaults.call_timeout, Duration::from_secs(10));
+        let none = DatabaseSettings {
+            call_timeout: Duration::ZERO,
+            ..DatabaseSettings::default()
+        };
+        assert_eq!(
+            none.validate().unwrap_err().to_string(),
+            "config key `database.call_timeout`: must be more than 0s"
+        );
+        let shorter = DatabaseSettings {
+            call_timeout: Duration::from_secs(2),
+            ..DatabaseSettings::default()
+        };
+        assert_eq!(
+            shorter.validate().unwrap_err().to_string(),
+            "config key `database.connect_timeout`: must not exceed database.call_timeout (a call includes waiting for a connection)"
+        );
+    }
+}

@@ -90,7 +90,7 @@ fn the_reference_config_file_is_valid_and_complete() {
 fn bad_configuration_names_the_key_and_exits_2() {
     // (environment, extra config file lines, the key the error must name)
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         (
             &[("SMSRELAY_DISPATCH__BATCH_SIZE", "lots")],
             "",
@@ -107,6 +107,12 @@ fn bad_configuration_names_the_key_and_exits_2() {
             &[("SMSRELAY_HOUSEKEEPING__REAPER", "every minute")],
             "",
             "housekeeping.reaper",
+        ),
+        // A database call as long as the lease: a renewal could not land in time.
+        (
+            &[("SMSRELAY_DATABASE__CALL_TIMEOUT", "30s")],
+            "",
+            "must exceed 1.5 x database.call_timeout",
         ),
     ];
     for (env, file, key) in cases {
