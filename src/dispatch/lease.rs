@@ -64,6 +64,11 @@ impl BatchLease {
         Instant::now() + margin >= self.held_until
     }
 
+    /// `row` was recorded: no longer ours to renew.
+    pub fn forget(&mut self, row: (i64, u32)) {
+        self.rows.retain(|r| *r != row);
+    }
+
     /// Only `rows` remain ours to renew (the others were recorded).
     pub fn keep_only(&mut self, rows: &[(i64, u32)]) {
         self.rows.retain(|row| rows.contains(row));

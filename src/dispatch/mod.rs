@@ -504,6 +504,7 @@ impl Dispatcher {
                 }
                 other => other?,
             };
+            lease.forget((o.id, o.attempt));
             total.applied += recorded.applied;
             total.stale += recorded.stale;
         }

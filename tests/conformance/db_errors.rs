@@ -20,6 +20,7 @@ conformance!(
     a_value_the_schema_refuses_costs_only_its_own_field,
     over_long_values_are_recorded_shortened,
     errors_that_can_succeed_on_a_second_try_are_retryable,
+    a_query_that_outlives_the_call_timeout_is_cut_off,
 );
 
 /// Accepts every message with id `prov-<id>`, except message `.0`, whose id is `.1`.
@@ -304,4 +305,51 @@ async fn errors_that_can_succeed_on_a_second_try_are_retryable(db: TestStore) {
     // A statement that can never succeed is not.
     let broken = db.try_exec("SELECT no_such_column FROM sms", &[]).await;
     assert!(!StoreError::from(broken.unwrap_err()).is_transient());
+}
+
+/// An API query stuck behind a table lock (on SQLite, readers never wait) is
+/// cut off at `database.call_timeout` as the database being unavailable, and
+/// the store answers again once the lock is gone.
+async fn a_query_that_outlives_the_call_timeout_is_cut_off(db: TestStore) {
+    let id = db.insert(1, "+254712345678", "hello").await;
+    let mut options = crate::backends::options(&db.url);
+    options.call_timeout = Duration::from_millis(500);
+    let store = smsrelay::store::open(&options).unwrap();
+    assert!(store.get(id).await.unwrap().is_some());
+    let lock = match &db.pool {
+        Pool::Postgres(pool) => {
+            let mut tx = pool.begin().await.unwrap();
+            tx.execute("LOCK TABLE sms IN ACCESS EXCLUSIVE MODE")
+                .await
+                .unwrap();
+            Some(Box::new(move || drop(tx)) as Box<dyn FnOnce() + Send>)
+        }
+        Pool::MySql(pool) => {
+            let mut conn = pool.acquire().await.unwrap();
+            conn.execute("LOCK TABLES sms WRITE").await.unwrap();
+            Some(Box::new(move || conn.close_on_drop()) as Box<dyn FnOnce() + Send>)
+        }
+        Pool::Sqlite(_) => None,
+    };
+    let Some(unlock) = lock else { return };
+
+    let started = std::time::Instant::now();
+    let stuck = store.get(id).await.unwrap_err();
+    assert!(
+        matches!(stuck, StoreError::TimedOut(_)) && stuck.is_transient(),
+        "{stuck:?}"
+    );
+    assert!(
+        stuck.to_string().contains("database.call_timeout"),
+        "{stuck}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    unlock();
+    assert!(
+        crate::support::eventually(Duration::from_secs(10), || async {
+            store.get(id).await.is_ok_and(|sms| sms.is_some())
+        })
+        .await,
+        "the store answers again"
+    );
 }
