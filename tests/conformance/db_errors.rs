@@ -245,6 +245,7 @@ async fn retryable_failures(db: &TestStore) -> Vec<(&'static str, sqlx::Error)> 
                 .await;
             failures.push(("read-only transaction", read_only.unwrap_err()));
             other.close_on_drop();
+            failures.push(("deadlock", deadlock(db, "$1").await));
         }
         Pool::MySql(pool) => {
             let mut holder = pool.acquire().await.unwrap();
@@ -273,6 +274,19 @@ async fn retryable_failures(db: &TestStore) -> Vec<(&'static str, sqlx::Error)> 
                 .await;
             failures.push(("read-only transaction", read_only.unwrap_err()));
             other.execute("ROLLBACK").await.unwrap();
+
+            // MariaDB's statement timeout.
+            other
+                .execute("SET SESSION max_statement_time = 0.05")
+                .await
+                .unwrap();
+            let slow = other.execute("SELECT SLEEP(2)").await;
+            failures.push(("max_statement_time", slow.unwrap_err()));
+            other
+                .execute("SET SESSION max_statement_time = 0")
+                .await
+                .unwrap();
+            failures.push(("deadlock", deadlock(db, "?").await));
         }
         Pool::Sqlite(_) => {
             let options: sqlx::sqlite::SqliteConnectOptions = db.url.parse().unwrap();
@@ -290,6 +304,44 @@ async fn retryable_failures(db: &TestStore) -> Vec<(&'static str, sqlx::Error)> 
         }
     }
     failures
+}
+
+/// Two sessions that each lock one row and then want the other's: the
+/// server breaks the deadlock by failing one of them; returns that error.
+async fn deadlock(db: &TestStore, placeholder: &str) -> sqlx::Error {
+    let a = db.insert(1, "+254712345678", "a").await;
+    let b = db.insert(1, "+254712345678", "b").await;
+    let lock = format!("UPDATE sms SET segments = 1 WHERE id = {placeholder}");
+    let session = |first: i64, second: i64| {
+        let db_pool = db.pool.clone();
+        let lock = lock.clone();
+        async move {
+            macro_rules! run {
+                ($pool:expr) => {{
+                    let mut tx = $pool.begin().await.unwrap();
+                    let sql = sqlx::AssertSqlSafe(lock.clone());
+                    sqlx::query(sql)
+                        .bind(first)
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let sql = sqlx::AssertSqlSafe(lock);
+                    let result = sqlx::query(sql).bind(second).execute(&mut *tx).await;
+                    tx.rollback().await.ok();
+                    result.err()
+                }};
+            }
+            match &db_pool {
+                Pool::Postgres(pool) => run!(pool),
+                Pool::MySql(pool) => run!(pool),
+                Pool::Sqlite(_) => None,
+            }
+        }
+    };
+    let (one, two) = tokio::join!(session(a, b), session(b, a));
+    one.or(two)
+        .expect("one of the two sessions was chosen as the deadlock victim")
 }
 
 async fn errors_that_can_succeed_on_a_second_try_are_retryable(db: TestStore) {
