@@ -103,17 +103,17 @@ impl Application {
 
     /// Builds the parts around a given store and provider (tests use this).
     pub fn from_parts(config: &Config, store: Arc<dyn Store>, provider: Arc<dyn Provider>) -> Self {
-        // A send is bounded by provider.timeout; a database call waits at most
-        // connect_timeout for a connection, then answers or the loop is stuck.
+        // A send is bounded by provider.timeout and a database call by
+        // database.call_timeout; a step longer than both means the loop is stuck.
         let step_limit =
-            config.provider.timeout.max(config.database.connect_timeout) + Duration::from_secs(5);
-        let options = config.dispatch.options(&config.validation, step_limit);
-        let reaper = config.housekeeping.reaper(
+            config.provider.timeout.max(config.database.call_timeout) + Duration::from_secs(5);
+        let options =
             config
                 .dispatch
-                .guarantee
-                .reaper_max_attempts(config.dispatch.max_attempts),
-        );
+                .options(&config.validation, step_limit, config.database.call_timeout);
+        let reaper = config
+            .housekeeping
+            .reaper(config.dispatch.max_attempts, config.dispatch.guarantee);
         let provider = crate::provider::health::HealthGated::wrap(provider);
         let dispatcher = Arc::new(Dispatcher::new(store.clone(), provider.clone(), options));
         Self {

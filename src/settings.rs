@@ -41,7 +41,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.database.validate()?;
         // The lease must outlive a renewal, i.e. one database call.
-        self.dispatch.validate(self.database.connect_timeout)?;
+        self.dispatch.validate(self.database.call_timeout)?;
         self.provider.validate()?;
         self.validation.validate()?;
         self.housekeeping.validate()?;

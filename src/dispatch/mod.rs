@@ -5,6 +5,7 @@
 //! `domain::outcome::settle`; this module only runs the cycle, logs and records.
 
 pub mod heartbeat;
+mod lease;
 pub mod settings;
 
 use std::collections::{HashMap, HashSet};
@@ -24,8 +25,9 @@ pub use crate::domain::validation::Rules;
 use crate::domain::validation::{self, Ready};
 use crate::domain::{AttemptOutcome, ClaimedSms, NextState, Outcome};
 use crate::provider::{OutboundSms, Provider, Readiness, SendOutcome};
-use crate::store::{Claim, Store, StoreError};
+use crate::store::{Claim, RecordReport, Store, StoreError};
 use heartbeat::Heartbeat;
+use lease::BatchLease;
 pub use settings::{DispatchSettings, ValidationSettings};
 
 /// How a dispatcher behaves, resolved from `[dispatch]` and `[validation]`
@@ -48,6 +50,8 @@ pub struct Options {
     /// The longest one step (a send, a database call) may take; a loop
     /// stuck longer stops feeding the watchdog.
     pub step_limit: Duration,
+    /// The longest one database call may take (`database.call_timeout`).
+    pub call_timeout: Duration,
 }
 
 /// What one claim-send-record cycle did.
@@ -201,6 +205,7 @@ impl Dispatcher {
             Readiness::ProbeOnly => 1,
             Readiness::Paused(_) => return Ok(BatchReport::default()),
         };
+        let claimed_at = Instant::now();
         let claim = heartbeat.during(self.claim(batch_size)).await?;
         let mut report = BatchReport {
             claimed: claim.messages.len(),
@@ -210,10 +215,17 @@ impl Dispatcher {
         if claim.messages.is_empty() {
             return Ok(report);
         }
-        let (outcomes, unsent) = self.send_batch(claim.messages, stop, heartbeat).await;
+        let rows = claim.messages.iter().map(|m| (m.id, m.attempt)).collect();
+        let mut lease = BatchLease::claimed(rows, self.options.lease, claimed_at);
+        let (outcomes, unsent) = self
+            .send_batch(claim.messages, stop, heartbeat, &mut lease)
+            .await;
         report.count(&outcomes);
-        report.stale = self.record(stop, heartbeat, &outcomes).await?;
-        report.released = self.release_unsent(stop, heartbeat, &unsent).await?;
+        report.stale = self.record(stop, heartbeat, &mut lease, &outcomes).await?;
+        lease.keep_only(&unsent);
+        report.released = self
+            .release_unsent(stop, heartbeat, &mut lease, &unsent)
+            .await?;
         Ok(report)
     }
 
@@ -242,11 +254,11 @@ impl Dispatcher {
         messages: Vec<ClaimedSms>,
         stop: &CancellationToken,
         heartbeat: &Heartbeat<'_>,
+        lease: &mut BatchLease,
     ) -> (Vec<Outcome>, Vec<(i64, u32)>) {
         let mut outcomes = Vec::with_capacity(messages.len());
         let mut in_flight = InFlight::default();
         let permits = Arc::new(Semaphore::new(self.options.concurrency as usize));
-        let batch: Vec<(i64, u32)> = messages.iter().map(|m| (m.id, m.attempt)).collect();
         let mut valid = Vec::with_capacity(messages.len());
         for sms in messages {
             match validation::validate(&sms, &self.options.rules) {
@@ -281,7 +293,7 @@ impl Dispatcher {
         let mut unsent = Vec::new();
         self.collect(
             in_flight,
-            &batch,
+            lease,
             stop,
             heartbeat,
             &mut outcomes,
@@ -340,13 +352,13 @@ impl Dispatcher {
     }
 
     /// Waits for every send task and settles each one, renewing the lease of
-    /// the whole `batch` (finished sends are not recorded yet either) every
+    /// the whole batch (finished sends are not recorded yet either) every
     /// lease/3 meanwhile. Once shutdown starts, sends in flight get
     /// `shutdown_grace`, then are interrupted.
     async fn collect(
         &self,
         mut in_flight: InFlight,
-        batch: &[(i64, u32)],
+        lease: &mut BatchLease,
         stop: &CancellationToken,
         heartbeat: &Heartbeat<'_>,
         outcomes: &mut Vec<Outcome>,
@@ -354,17 +366,15 @@ impl Dispatcher {
     ) {
         let provider = self.provider.name();
         let mut deadline: Option<Instant> = None;
-        let mut renew_at = Instant::now() + self.renew_every();
         loop {
-            if Instant::now() >= renew_at {
-                self.renew(heartbeat, batch).await;
-                renew_at = Instant::now() + self.renew_every();
+            if lease.is_due() {
+                self.renew(heartbeat, lease).await;
             }
             // Each finished send is progress; none within provider.timeout means a
             // stuck loop. Waiting for the next one is cancel-safe, so a renewal may cut in.
             let joined = tokio::select! {
                 joined = heartbeat.during(self.join_next(&mut in_flight.tasks, &mut deadline, stop)) => joined,
-                _ = tokio::time::sleep_until(renew_at) => continue,
+                _ = tokio::time::sleep_until(lease.renew_at()) => continue,
             };
             let Some(joined) = joined else { break };
             let (task_id, end) = match joined {
@@ -402,38 +412,35 @@ impl Dispatcher {
         }
     }
 
-    /// How often the leases of a batch in flight are renewed: a third of the
-    /// lease, so two renewals may fail before another instance may take over.
-    fn renew_every(&self) -> Duration {
-        self.options.lease / 3
-    }
-
-    /// Extends the lease of `batch` in one fenced statement. A failure is
-    /// logged and left to the next renewal; a row the fence refused was taken
-    /// over by another instance, and its outcome will be refused as stale.
-    async fn renew(&self, heartbeat: &Heartbeat<'_>, batch: &[(i64, u32)]) {
+    /// Extends the lease of the batch's rows still ours in one fenced
+    /// statement (bounded by `database.call_timeout`). A failure is logged and
+    /// left to the next renewal; a row the fence refused was taken over by
+    /// another instance, and its outcome will be refused as stale.
+    async fn renew(&self, heartbeat: &Heartbeat<'_>, lease: &mut BatchLease) {
         let o = &self.options;
-        let renewal = self.store.renew(&o.instance, batch, o.lease);
-        match heartbeat
-            .during(tokio::time::timeout(self.renew_every(), renewal))
-            .await
-        {
-            Ok(Ok(renewed)) if renewed < batch.len() as u64 => {
-                metrics::counter!("smsrelay_leases_lost_total")
-                    .increment(batch.len() as u64 - renewed);
-                tracing::warn!(
-                    renewed,
-                    in_flight = batch.len(),
-                    "some leases could not be renewed: those rows were taken over by another instance"
-                );
+        let rows = lease.rows();
+        if !rows.is_empty() {
+            let started = Instant::now();
+            match heartbeat
+                .during(self.store.renew(&o.instance, rows, o.lease))
+                .await
+            {
+                Ok(renewed) => {
+                    if renewed < rows.len() as u64 {
+                        metrics::counter!("smsrelay_leases_lost_total")
+                            .increment(rows.len() as u64 - renewed);
+                        tracing::warn!(
+                            renewed,
+                            in_flight = rows.len(),
+                            "some leases could not be renewed: those rows were taken over by another instance"
+                        );
+                    }
+                    lease.renewed(started);
+                }
+                Err(e) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
-            Err(_) => tracing::warn!(
-                timeout = ?self.renew_every(),
-                "lease renewal timed out; will retry"
-            ),
         }
+        lease.reschedule();
     }
 
     /// The next finished send task; `None` when all are done. Starts the
@@ -485,25 +492,71 @@ impl Dispatcher {
         &self,
         stop: &CancellationToken,
         heartbeat: &Heartbeat<'_>,
+        lease: &mut BatchLease,
         outcomes: &[Outcome],
     ) -> Result<u64, StoreError> {
         for o in outcomes {
             metrics::counter!("smsrelay_sends_total", "outcome" => o.outcome.as_str()).increment(1);
         }
         let instance = &self.options.instance;
-        let recorded = self
-            .with_db_retry(stop, heartbeat, "record outcomes", || {
+        let recorded = match self
+            .with_db_retry(stop, heartbeat, lease, "record outcomes", || {
                 self.store.record_outcomes(instance, outcomes)
             })
-            .await?;
+            .await
+        {
+            Err(e) if e.is_refused_value() => {
+                tracing::warn!(error = %e, count = outcomes.len(), "the database refused a value in a batch of outcomes; recording them one by one");
+                self.record_one_by_one(stop, heartbeat, lease, outcomes)
+                    .await?
+            }
+            other => other?,
+        };
         if recorded.stale > 0 {
             metrics::counter!("smsrelay_stale_writes_total").increment(recorded.stale);
             tracing::warn!(
                 stale = recorded.stale,
-                "outcomes not recorded: the rows were no longer leased to this instance (lease expired and reclaimed?); they may be sent twice"
+                "outcomes not recorded: the rows were no longer leased to this instance (lease expired and reclaimed, or an earlier try of this write that timed out landed after all); they may be sent twice"
             );
         }
         Ok(recorded.stale)
+    }
+
+    /// Records each outcome alone, after the database refused a value of the
+    /// batch: only the outcome holding that value is affected, and it is
+    /// recorded without the provider's values rather than lost.
+    async fn record_one_by_one(
+        &self,
+        stop: &CancellationToken,
+        heartbeat: &Heartbeat<'_>,
+        lease: &mut BatchLease,
+        outcomes: &[Outcome],
+    ) -> Result<RecordReport, StoreError> {
+        let instance = &self.options.instance;
+        let mut total = RecordReport::default();
+        for o in outcomes {
+            let one = std::slice::from_ref(o);
+            let recorded = match self
+                .with_db_retry(stop, heartbeat, lease, "record an outcome", || {
+                    self.store.record_outcomes(instance, one)
+                })
+                .await
+            {
+                Err(e) if e.is_refused_value() => {
+                    tracing::warn!(sms_id = o.id, attempt = o.attempt, error = %e, "the database refused a value of this outcome; recording it without the provider's message id and error text");
+                    let bare = [o.without_provider_values()];
+                    self.with_db_retry(stop, heartbeat, lease, "record an outcome", || {
+                        self.store.record_outcomes(instance, &bare)
+                    })
+                    .await?
+                }
+                other => other?,
+            };
+            lease.forget((o.id, o.attempt));
+            total.applied += recorded.applied;
+            total.stale += recorded.stale;
+        }
+        Ok(total)
     }
 
     /// Hands rows that were never sent back to `pending`; returns how many.
@@ -511,6 +564,7 @@ impl Dispatcher {
         &self,
         stop: &CancellationToken,
         heartbeat: &Heartbeat<'_>,
+        lease: &mut BatchLease,
         unsent: &[(i64, u32)],
     ) -> Result<usize, StoreError> {
         if unsent.is_empty() {
@@ -518,7 +572,7 @@ impl Dispatcher {
         }
         let instance = &self.options.instance;
         let released = self
-            .with_db_retry(stop, heartbeat, "release unsent", || {
+            .with_db_retry(stop, heartbeat, lease, "release unsent", || {
                 self.store.release(instance, unsent)
             })
             .await?;
@@ -529,14 +583,19 @@ impl Dispatcher {
         Ok(unsent.len())
     }
 
-    /// Retries a database write through an outage: the provider has already
-    /// answered, so giving up would lose the outcome. Gives up only once
+    /// Retries a database write for the batch under `lease` through anything
+    /// that can pass (an outage, a lock wait, a deadlock, a timed-out call,
+    /// a server read-only after failover): the provider has already answered,
+    /// so giving up would lose the outcome. The lease is renewed while the
+    /// write waits. Gives up when the lease is nearly over (less than one
+    /// database call left: another instance may take the rows over), or once
     /// shutdown has begun and the grace period is over; the lease reaper then
     /// recovers the rows.
     async fn with_db_retry<T, F, Fut>(
         &self,
         stop: &CancellationToken,
         heartbeat: &Heartbeat<'_>,
+        lease: &mut BatchLease,
         what: &str,
         mut op: F,
     ) -> Result<T, StoreError>
@@ -544,25 +603,52 @@ impl Dispatcher {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let mut wait = Duration::from_millis(100);
+        let margin = self.options.call_timeout.min(self.options.lease / 3);
+        // Never waits longer than a renewal interval between two tries.
+        let longest_wait = Duration::from_secs(10).min(self.options.lease / 3);
+        let mut wait = Duration::from_millis(100).min(longest_wait);
         let mut give_up_at: Option<Instant> = None;
         loop {
-            match heartbeat.during(op()).await {
+            let e = match heartbeat.during(op()).await {
                 Ok(value) => return Ok(value),
-                Err(e) if e.is_transient() => {
-                    if stop.is_cancelled() {
-                        let at = *give_up_at
-                            .get_or_insert_with(|| Instant::now() + self.options.shutdown_grace);
-                        if Instant::now() >= at {
-                            return Err(e);
-                        }
-                    }
-                    tracing::warn!(error = %e, retry_in = ?wait, "{what} failed; retrying");
-                    heartbeat.wait(wait, std::future::pending::<()>()).await;
-                    wait = (wait * 2).min(Duration::from_secs(10));
-                }
+                Err(e) if e.is_transient() => e,
                 Err(e) => return Err(e),
+            };
+            if stop.is_cancelled() {
+                let at =
+                    *give_up_at.get_or_insert_with(|| Instant::now() + self.options.shutdown_grace);
+                if Instant::now() >= at {
+                    return Err(e);
+                }
             }
+            tracing::warn!(error = %e, retry_in = ?wait, "{what} failed; retrying");
+            self.wait_renewing(heartbeat, lease, wait).await;
+            if lease.nearly_over(margin) {
+                tracing::warn!(error = %e, rows = lease.rows().len(), "{what} failed and the lease is nearly over; giving up: the reaper will return these rows (they may be sent again)");
+                return Err(e);
+            }
+            wait = (wait * 2).min(longest_wait);
+        }
+    }
+
+    /// Waits `wait`, renewing the lease whenever a renewal is due.
+    async fn wait_renewing(
+        &self,
+        heartbeat: &Heartbeat<'_>,
+        lease: &mut BatchLease,
+        wait: Duration,
+    ) {
+        let until = Instant::now() + wait;
+        loop {
+            if lease.is_due() {
+                self.renew(heartbeat, lease).await;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            let slice = until.min(lease.renew_at()).saturating_duration_since(now);
+            heartbeat.wait(slice, std::future::pending::<()>()).await;
         }
     }
 }

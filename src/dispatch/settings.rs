@@ -64,7 +64,7 @@ impl Default for DispatchSettings {
 
 impl DispatchSettings {
     /// Checks what types alone cannot. `db_call` is the longest a database
-    /// call may wait for a connection (`database.connect_timeout`).
+    /// call may take (`database.call_timeout`).
     pub fn validate(&self, db_call: Duration) -> Result<(), ConfigError> {
         if self.batch_size == 0 {
             return Err(invalid("dispatch.batch_size", "must be at least 1"));
@@ -99,8 +99,8 @@ impl DispatchSettings {
             ));
         }
         // The lease is renewed every lease/3 while sends are in flight, so it
-        // only has to outlive one renewal interval plus a database call (which
-        // waits at most database.connect_timeout for a connection), not a batch.
+        // only has to outlive one renewal interval plus a database call (at
+        // most database.call_timeout), not a batch.
         if self.lease < MIN_LEASE {
             return Err(invalid(
                 "dispatch.lease",
@@ -115,7 +115,7 @@ impl DispatchSettings {
             return Err(invalid(
                 "dispatch.lease",
                 format!(
-                    "must exceed 1.5 x database.connect_timeout = {}, so that a renewal every lease/3 lands before the lease runs out",
+                    "must exceed 1.5 x database.call_timeout = {}, so that a renewal every lease/3 lands before the lease runs out",
                     humantime::format_duration(db_call * 3 / 2)
                 ),
             ));
@@ -156,8 +156,14 @@ impl DispatchSettings {
     }
 
     /// The dispatcher's options, with the instance id and the rules resolved.
-    /// `step_limit` is the longest one send or database call may take.
-    pub fn options(&self, validation: &ValidationSettings, step_limit: Duration) -> Options {
+    /// `step_limit` is the longest one send or database call may take,
+    /// `call_timeout` the longest a database call may take.
+    pub fn options(
+        &self,
+        validation: &ValidationSettings,
+        step_limit: Duration,
+        call_timeout: Duration,
+    ) -> Options {
         Options {
             instance: self.instance_id(),
             batch_size: self.batch_size,
@@ -172,6 +178,7 @@ impl DispatchSettings {
             watchdog_every: crate::systemd::watchdog_interval()
                 .map_or(Duration::from_secs(5), |interval| interval / 4),
             step_limit,
+            call_timeout,
         }
     }
 }
@@ -251,7 +258,7 @@ mod tests {
         let no_room = with_lease(Duration::from_secs(6)).validate(db_call);
         assert_eq!(
             no_room.unwrap_err().to_string(),
-            "config key `dispatch.lease`: must exceed 1.5 x database.connect_timeout = 7s 500ms, so that a renewal every lease/3 lands before the lease runs out"
+            "config key `dispatch.lease`: must exceed 1.5 x database.call_timeout = 7s 500ms, so that a renewal every lease/3 lands before the lease runs out"
         );
     }
 }

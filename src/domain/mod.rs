@@ -135,6 +135,22 @@ pub struct Outcome {
     pub reason: String,
 }
 
+impl Outcome {
+    /// The same outcome without the texts a provider supplied (its message
+    /// id, its error), for a database that refused one of them: the state
+    /// change and the attempt are still recorded.
+    pub fn without_provider_values(&self) -> Outcome {
+        const REFUSED: &str =
+            "the database refused the provider's values for this attempt; see the smsrelay log";
+        Outcome {
+            provider_message_id: None,
+            error: self.error.as_ref().map(|_| REFUSED.to_owned()),
+            reason: format!("{} ({REFUSED})", self.next.status().as_str()),
+            ..self.clone()
+        }
+    }
+}
+
 /// A message as stored, for queries and tests.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SmsRecord {

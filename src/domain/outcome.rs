@@ -25,18 +25,6 @@ pub enum Guarantee {
     AtMostOnce,
 }
 
-impl Guarantee {
-    /// The `max_attempts` the lease reaper applies to an attempt abandoned
-    /// by a crash: under at-most-once that attempt may have reached the
-    /// provider, so the message fails instead of going back to `pending`.
-    pub fn reaper_max_attempts(self, max_attempts: u32) -> u32 {
-        match self {
-            Guarantee::AtLeastOnce => max_attempts,
-            Guarantee::AtMostOnce => 1,
-        }
-    }
-}
-
 /// How a provider answered one send.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SendOutcome {
@@ -578,12 +566,6 @@ mod tests {
         // A transient answer is no ambiguity: it is retried in either mode.
         let o = settle(&claimed(1), answered(transient(None)), most(&policy()), 1.0);
         assert_eq!(o.next, NextState::Retry(Duration::from_secs(10)));
-    }
-
-    #[test]
-    fn the_reaper_fails_abandoned_attempts_under_at_most_once() {
-        assert_eq!(Guarantee::AtLeastOnce.reaper_max_attempts(8), 8);
-        assert_eq!(Guarantee::AtMostOnce.reaper_max_attempts(8), 1);
     }
 
     fn any_end() -> impl Strategy<Value = AttemptEnd<'static>> {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use crate::config::{ConfigError, invalid};
+use crate::domain::outcome::Guarantee;
 use crate::store::{ReapReport, Store, StoreError};
 
 /// `[housekeeping]`: maintenance jobs, as cron expressions with seconds.
@@ -39,12 +40,13 @@ impl HousekeepingSettings {
         Ok(())
     }
 
-    /// The reaper's settings; `max_attempts` is `[dispatch] max_attempts`, so
-    /// an abandoned last attempt fails the message as a failed send would.
-    pub fn reaper(&self, max_attempts: u32) -> ReaperSettings {
+    /// The reaper's settings; `max_attempts` and `guarantee` are
+    /// `[dispatch]`'s, so an abandoned attempt ends as an ambiguous send would.
+    pub fn reaper(&self, max_attempts: u32, guarantee: Guarantee) -> ReaperSettings {
         ReaperSettings {
             schedule: self.reaper.clone(),
             max_attempts,
+            guarantee,
             batch: self.reaper_batch,
         }
     }
@@ -55,6 +57,8 @@ impl HousekeepingSettings {
 pub struct ReaperSettings {
     pub schedule: String,
     pub max_attempts: u32,
+    /// Under at-most-once an abandoned attempt fails its message.
+    pub guarantee: Guarantee,
     pub batch: u32,
 }
 
@@ -73,7 +77,7 @@ pub async fn reap_once(
     let mut total = ReapReport::default();
     loop {
         let pass = store
-            .reap_expired_leases(settings.max_attempts, settings.batch)
+            .reap_expired_leases(settings.max_attempts, settings.guarantee, settings.batch)
             .await?;
         total.requeued += pass.requeued;
         total.failed += pass.failed;

@@ -55,8 +55,9 @@ pub(super) trait Backend: Send + Sync + 'static {
     /// The demo rows, inserted unless present (see [`super::demo_rows`]).
     const DEMO_INSERT: &'static str;
 
-    /// Runs one statement with `args` bound in order and returns its rows.
-    async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<Self::Row>, sqlx::Error>;
+    /// Runs one statement with `args` bound in order and returns its rows,
+    /// within `database.call_timeout`.
+    async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<Self::Row>, StoreError>;
 
     fn directory(&self) -> &DirectorySql;
 
@@ -222,7 +223,10 @@ impl<B: Backend> Directory for B {
             .await
             .map_err(directory_error)?;
         let found = match rows.first() {
-            Some(row) => Some(row.first_text().map_err(directory_error)?),
+            Some(row) => Some(
+                row.first_text()
+                    .map_err(|e| directory_error(StoreError::from(e)))?,
+            ),
             None => None,
         };
         Ok(lookup_from(found))
@@ -293,8 +297,11 @@ impl<B: Backend> OptOuts for B {
         // already recorded (by this send's duplicate, or another instance).
         match self.fetch(&sql, &args).await {
             Ok(_) => Ok(true),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
-            Err(e) => Err(e.into()),
+            Err(
+                StoreError::Database(sqlx::Error::Database(e))
+                | StoreError::Refused(sqlx::Error::Database(e)),
+            ) if e.is_unique_violation() => Ok(false),
+            Err(e) => Err(e),
         }
     }
 

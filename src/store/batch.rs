@@ -5,6 +5,7 @@
 //! size. Also the small conversions the dialects share.
 
 use crate::domain::report::{DeliveryReport, ReportApplied};
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -14,8 +15,40 @@ use super::StoreError;
 use crate::domain::status::UnknownStatus;
 use crate::domain::{ClaimedSms, NextState, Outcome, Status};
 
+/// The longest provider message id or provider name stored, in characters:
+/// MySQL's `VARCHAR(255)` columns (which would cut it silently), and well
+/// under what PostgreSQL's index on `provider_message_id` holds (2,704 bytes).
+const MAX_ID_CHARS: usize = 255;
+
+/// The longest error or reason text stored, in characters: 4 bytes each still
+/// fit MySQL's `TEXT` (65,535 bytes).
+const MAX_TEXT_CHARS: usize = 4000;
+
+/// `value` as every database stores it: a NUL byte (PostgreSQL refuses it in
+/// text and in JSON, 22021 / 22P05) becomes U+FFFD, and the text is cut to
+/// `max_chars`, so that one odd provider answer cannot fail a batch.
+pub(super) fn storable(value: &str, max_chars: usize) -> Cow<'_, str> {
+    if !value.contains('\0') && value.chars().nth(max_chars).is_none() {
+        return Cow::Borrowed(value);
+    }
+    Cow::Owned(
+        value
+            .chars()
+            .take(max_chars)
+            .map(|c| {
+                if c == '\0' {
+                    char::REPLACEMENT_CHARACTER
+                } else {
+                    c
+                }
+            })
+            .collect(),
+    )
+}
+
 /// One outcome as a JSON object; absent fields become SQL NULL on both
-/// dialects (no reliance on how each one maps a JSON `null`).
+/// dialects (no reliance on how each one maps a JSON `null`). Texts are
+/// [`storable`].
 #[derive(Debug, Serialize)]
 pub(super) struct OutcomeRow<'a> {
     pub id: i64,
@@ -27,14 +60,14 @@ pub(super) struct OutcomeRow<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_status: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider_message_id: Option<&'a str>,
+    pub provider_message_id: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<&'a str>,
+    pub error: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub segments: Option<i64>,
-    pub reason: &'a str,
+    pub reason: Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider: Option<&'a str>,
+    pub provider: Option<Cow<'a, str>>,
 }
 
 impl<'a> OutcomeRow<'a> {
@@ -49,11 +82,14 @@ impl<'a> OutcomeRow<'a> {
             },
             outcome: o.outcome.as_str(),
             http_status: o.http_status.map(i64::from),
-            provider_message_id: o.provider_message_id.as_deref(),
-            error: o.error.as_deref(),
+            provider_message_id: o
+                .provider_message_id
+                .as_deref()
+                .map(|id| storable(id, MAX_ID_CHARS)),
+            error: o.error.as_deref().map(|e| storable(e, MAX_TEXT_CHARS)),
             segments: o.segments.map(i64::from),
-            reason: o.reason.as_str(),
-            provider: o.provider.as_deref(),
+            reason: storable(&o.reason, MAX_TEXT_CHARS),
+            provider: o.provider.as_deref().map(|p| storable(p, MAX_ID_CHARS)),
         }
     }
 }
@@ -174,11 +210,11 @@ pub(super) fn parse_status(id: i64, raw: &str) -> Result<Status, StoreError> {
 }
 
 /// A failing directory query is a configuration problem; say which.
-pub(super) fn directory_error(e: sqlx::Error) -> StoreError {
-    match StoreError::from(e) {
+pub(super) fn directory_error(e: StoreError) -> StoreError {
+    match e {
         // A lookup cut off by the API's statement timeout is an answer of its own (503).
         e if e.is_statement_timeout() => e,
-        StoreError::Database(e) => StoreError::Directory(format!(
+        StoreError::Database(e) | StoreError::Refused(e) => StoreError::Directory(format!(
             "the [directory] query failed ({e}); set directory.client_query / directory.staff_query for your schema"
         )),
         other => other,
@@ -236,6 +272,13 @@ pub(super) use apply_report;
 mod tests {
     use super::*;
     use crate::domain::AttemptOutcome;
+
+    #[test]
+    fn texts_are_cut_and_cleared_of_nul_bytes() {
+        assert!(matches!(storable("prov-1", 255), Cow::Borrowed("prov-1")));
+        assert_eq!(storable("a\0b", 255), "a\u{FFFD}b");
+        assert_eq!(storable("ééééé", 3), "ééé");
+    }
 
     #[test]
     fn absent_values_are_left_out_of_the_json() {

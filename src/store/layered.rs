@@ -14,6 +14,7 @@ use super::{
     ReapReport, RecordReport, Reports, Schema, SmsQuery, Store, StoreError,
 };
 use crate::domain::opt_out::OptOutKey;
+use crate::domain::outcome::Guarantee;
 use crate::domain::report::{DeliveryReport, ReportApplied};
 use crate::domain::{AttemptRecord, EventRecord, NewSms, Outcome, Recipient, SmsRecord};
 
@@ -65,9 +66,12 @@ impl Leases for Layered {
     async fn reap_expired_leases(
         &self,
         max_attempts: u32,
+        guarantee: Guarantee,
         limit: u32,
     ) -> Result<ReapReport, StoreError> {
-        self.store.reap_expired_leases(max_attempts, limit).await
+        self.store
+            .reap_expired_leases(max_attempts, guarantee, limit)
+            .await
     }
 }
 

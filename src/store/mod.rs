@@ -12,6 +12,8 @@
 
 mod backend;
 mod batch;
+mod deadline;
+mod errors;
 mod layered;
 pub mod mysql;
 pub mod postgres;
@@ -36,7 +38,10 @@ use tokio_util::sync::CancellationToken;
 pub use session::Session;
 pub use settings::{DEFAULT_DATABASE_URL, DatabaseSettings};
 
+use errors::Meaning;
+
 use crate::domain::opt_out::OptOutKey;
+use crate::domain::outcome::Guarantee;
 use crate::domain::report::{DeliveryReport, ReportApplied};
 use crate::domain::{
     AttemptRecord, ClaimedSms, EventRecord, NewSms, Outcome, Recipient, SmsRecord, Status,
@@ -45,9 +50,26 @@ use crate::domain::{
 /// What went wrong talking to the database.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database could not be reached or the connection broke; worth retrying.
+    /// The database could not be reached, the connection broke, or the
+    /// server cannot take writes now (read-only after a failover); worth retrying.
     #[error("database unavailable: {0}")]
     Unavailable(sqlx::Error),
+    /// The statement lost a race or ran out of time (lock wait, deadlock,
+    /// serialization failure, statement timeout, SQLite's write lock);
+    /// running it again can succeed.
+    #[error("database busy: {0}")]
+    Contended(sqlx::Error),
+    /// A call took longer than `database.call_timeout`; its connection was
+    /// closed rather than reused. Counts as the database being unavailable.
+    #[error(
+        "database call timed out after {} (database.call_timeout); its connection was closed",
+        humantime::format_duration(*.0)
+    )]
+    TimedOut(Duration),
+    /// The database refuses a value (a NUL byte, a string too long for its
+    /// column, a character its encoding lacks): this statement will never succeed.
+    #[error("database refused a value: {0}")]
+    Refused(sqlx::Error),
     /// Anything else the database refused.
     #[error("database error: {0}")]
     Database(sqlx::Error),
@@ -68,25 +90,38 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether waiting and trying again can help.
+    /// Whether waiting and trying again can help: an outage, a lost race, a timeout.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Contended(_) | StoreError::TimedOut(_)
+        )
+    }
+
+    /// Whether the database refused a value of the statement: the same
+    /// statement will never succeed, the same data without that value may.
+    pub fn is_refused_value(&self) -> bool {
+        matches!(self, StoreError::Refused(_))
+    }
+
+    /// Whether the connection that got this error must not be used again:
+    /// it timed out (it may be stuck for minutes) or its server went read-only.
+    fn discards_connection(&self) -> bool {
+        match self {
+            StoreError::TimedOut(_) => true,
+            StoreError::Unavailable(e) => errors::read_only(e),
+            _ => false,
+        }
     }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Protocol(_) => StoreError::Unavailable(e),
-            sqlx::Error::Database(ref db) if is_unavailable_code(db.code().as_deref()) => {
-                StoreError::Unavailable(e)
-            }
-            other => StoreError::Database(other),
+        match errors::meaning(&e) {
+            Meaning::Unavailable => StoreError::Unavailable(e),
+            Meaning::Contended => StoreError::Contended(e),
+            Meaning::Refused => StoreError::Refused(e),
+            Meaning::Other => StoreError::Database(e),
         }
     }
 }
@@ -96,7 +131,7 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
         // A connection lost while migrating is an outage, not a broken migration.
         match e {
             sqlx::migrate::MigrateError::Execute(inner) => match StoreError::from(inner) {
-                StoreError::Database(inner) => {
+                StoreError::Database(inner) | StoreError::Refused(inner) => {
                     StoreError::Migrate(sqlx::migrate::MigrateError::Execute(inner))
                 }
                 other => other,
@@ -104,18 +139,6 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
             other => StoreError::Migrate(other),
         }
     }
-}
-
-/// Error codes that mean "the server is going away or not accepting us now",
-/// or "this transaction lost a race; run it again".
-fn is_unavailable_code(code: Option<&str>) -> bool {
-    matches!(code, Some(c) if c.starts_with("08") || c.starts_with("57P") || c == "55000" || c == "53300"
-        // Deadlock / serialization failure (PostgreSQL 40P01 / 40001, MySQL's
-        // ER_LOCK_DEADLOCK is 40001): the transaction was rolled back whole.
-        || c == "40001" || c == "40P01"
-        // SQLite reports numeric result codes: SQLITE_BUSY (5) and SQLITE_LOCKED (6)
-        // with their extended forms, once busy_timeout has run out.
-        || matches!(c, "5" | "261" | "517" | "773" | "6" | "262"))
 }
 
 /// What a claim returned.
@@ -270,6 +293,8 @@ pub struct StoreOptions {
     pub url: String,
     pub pool_size: u32,
     pub connect_timeout: Duration,
+    /// The longest one database call may take, waiting for a connection included.
+    pub call_timeout: Duration,
     pub directory: DirectoryQueries,
     /// Who the pool is and how long its statements may run.
     pub session: Session,
@@ -320,11 +345,14 @@ pub trait Leases: Send + Sync + 'static {
     ) -> Result<u64, StoreError>;
 
     /// Returns rows whose lease expired to `pending` (or `failed` when that was
-    /// their last attempt), marking the open attempt `abandoned`. Runs in one
-    /// instance at a time.
+    /// their last attempt), marking the open attempt `abandoned`. Under
+    /// at-most-once every such row fails instead, with a reason starting
+    /// `outcome unknown` (the attempt may have reached the provider). Runs in
+    /// one instance at a time.
     async fn reap_expired_leases(
         &self,
         max_attempts: u32,
+        guarantee: Guarantee,
         limit: u32,
     ) -> Result<ReapReport, StoreError>;
 }

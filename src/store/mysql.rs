@@ -28,17 +28,20 @@ use async_trait::async_trait;
 use serde::Serialize;
 use sqlx::migrate::Migrator;
 use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
-use sqlx::{AssertSqlSafe, Executor};
+use sqlx::pool::PoolConnection;
+use sqlx::{AssertSqlSafe, Connection, Executor};
 
 use super::backend::{Backend, DirectorySql, insert_args};
 use super::batch::{
     AttemptRef, EXPIRE_BATCH, OutcomeRow, apply_report, first_per_id, micros, record_report,
     report_target, sweep_expired, to_json,
 };
+use super::deadline;
 use super::query::{Arg, Style};
 use super::rows::ClaimedRows;
 use super::session;
 use super::{Claim, Leases, Queue, ReapReport, RecordReport, Reports, StoreError, StoreOptions};
+use crate::domain::outcome::Guarantee;
 use crate::domain::report::{DeliveryReport, ReportApplied};
 use crate::domain::{NewSms, Outcome, Recipient};
 
@@ -52,6 +55,7 @@ const STAFF_QUERY: &str = "SELECT mobile_no FROM m_staff WHERE id = ?";
 #[derive(Clone)]
 pub struct MySqlStore {
     pool: MySqlPool,
+    call_timeout: Duration,
     directory: DirectorySql,
 }
 
@@ -83,6 +87,7 @@ impl MySqlStore {
             .connect_lazy_with(connect);
         Ok(Self {
             pool,
+            call_timeout: options.call_timeout,
             directory: DirectorySql::new(&options.directory, CLIENT_QUERY, STAFF_QUERY),
         })
     }
@@ -90,6 +95,14 @@ impl MySqlStore {
     /// The underlying pool, for tests.
     pub fn pool(&self) -> &MySqlPool {
         &self.pool
+    }
+
+    /// Runs `work` on one connection within `database.call_timeout`.
+    async fn call<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut PoolConnection<MySql>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        deadline::call(&self.pool, self.call_timeout, work).await
     }
 }
 
@@ -381,28 +394,33 @@ fn fenced(
 impl MySqlStore {
     /// One transaction of the expiry sweep; returns how many rows it failed.
     async fn expire_batch(&self) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let expired: Vec<i64> = sqlx::query_scalar(EXPIRE_LOCK)
-            .bind(i64::from(EXPIRE_BATCH))
-            .fetch_all(&mut *tx)
-            .await?;
-        if !expired.is_empty() {
-            let json = to_json(&expired)?;
-            for statement in [EXPIRE, EXPIRE_EVENTS] {
-                sqlx::query(statement).bind(&json).execute(&mut *tx).await?;
+        self.call(async |conn| {
+            let mut tx = conn.begin().await?;
+            let expired: Vec<i64> = sqlx::query_scalar(EXPIRE_LOCK)
+                .bind(i64::from(EXPIRE_BATCH))
+                .fetch_all(&mut *tx)
+                .await?;
+            if !expired.is_empty() {
+                let json = to_json(&expired)?;
+                for statement in [EXPIRE, EXPIRE_EVENTS] {
+                    sqlx::query(statement).bind(&json).execute(&mut *tx).await?;
+                }
             }
-        }
-        tx.commit().await?;
-        Ok(expired.len() as u64)
+            tx.commit().await?;
+            Ok(expired.len() as u64)
+        })
+        .await
     }
 
     /// The reaper's work, inside a transaction on the connection holding the lock.
     async fn reap_locked(
         conn: &mut sqlx::MySqlConnection,
         max_attempts: u32,
+        guarantee: Guarantee,
         limit: u32,
     ) -> Result<ReapReport, StoreError> {
-        let mut tx = sqlx::Connection::begin(conn).await?;
+        let at_most_once = guarantee == Guarantee::AtMostOnce;
+        let mut tx = conn.begin().await?;
         let rows: Vec<(i64, i32, Option<String>)> = sqlx::query_as(REAP_LOCK)
             .bind(i64::from(limit))
             .fetch_all(&mut *tx)
@@ -411,9 +429,15 @@ impl MySqlStore {
         let reaped: Vec<ReapRow> = rows
             .into_iter()
             .map(|(id, attempts, locked_by)| {
-                let failed = i64::from(attempts) >= i64::from(max_attempts);
+                // Under at-most-once the abandoned attempt may have reached the provider.
+                let failed = at_most_once || i64::from(attempts) >= i64::from(max_attempts);
                 let last_error = format!(
-                    "lease of {} expired during attempt {attempts}",
+                    "{}lease of {} expired during attempt {attempts}",
+                    if at_most_once {
+                        "outcome unknown: "
+                    } else {
+                        ""
+                    },
                     locked_by.unwrap_or_default()
                 );
                 if failed {
@@ -425,7 +449,9 @@ impl MySqlStore {
                     id,
                     attempt: i64::from(attempts),
                     status: if failed { "failed" } else { "pending" },
-                    reason: if failed {
+                    reason: if at_most_once {
+                        format!("{last_error}; not sent again (dispatch.guarantee = at-most-once)")
+                    } else if failed {
                         format!("attempts exhausted: {last_error}")
                     } else {
                         last_error.clone()
@@ -468,10 +494,13 @@ impl Backend for MySqlStore {
         WHERE table_schema = DATABASE() AND table_name = '_sqlx_migrations'";
     const DEMO_INSERT: &'static str = concat!("INSERT IGNORE", crate::store::demo_rows!());
 
-    async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<MySqlRow>, sqlx::Error> {
-        bind(sqlx::query(AssertSqlSafe(sql.to_owned())), args)
-            .fetch_all(&self.pool)
-            .await
+    async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<MySqlRow>, StoreError> {
+        self.call(async |conn| {
+            Ok(bind(sqlx::query(AssertSqlSafe(sql.to_owned())), args)
+                .fetch_all(&mut **conn)
+                .await?)
+        })
+        .await
     }
 
     fn directory(&self) -> &DirectorySql {
@@ -494,27 +523,30 @@ impl Backend for MySqlStore {
             Recipient::Client(id) => (Some(id), None),
             Recipient::Staff(id) => (None, Some(id)),
         };
-        let inserted = bind(sqlx::query(ENQUEUE), &insert_args(sms, client_id, staff_id))
-            .execute(&self.pool)
-            .await;
-        match inserted {
-            Ok(done) => Ok(Some(
-                i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX),
-            )),
-            Err(sqlx::Error::Database(db))
-                if sms.idempotency_key.is_some()
-                    && db
-                        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                        .is_some_and(|e| e.number() == ER_DUP_ENTRY) =>
-            {
-                Ok(None)
+        let args = insert_args(sms, client_id, staff_id);
+        self.call(async |conn| {
+            let inserted = bind(sqlx::query(ENQUEUE), &args).execute(&mut **conn).await;
+            match inserted {
+                Ok(done) => Ok(Some(
+                    i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX),
+                )),
+                Err(sqlx::Error::Database(db))
+                    if sms.idempotency_key.is_some()
+                        && db
+                            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                            .is_some_and(|e| e.number() == ER_DUP_ENTRY) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(e.into()),
             }
-            Err(e) => Err(e.into()),
-        }
+        })
+        .await
     }
 
     async fn due_stats(&self) -> Result<(i64, f64), StoreError> {
-        Ok(sqlx::query_as(DUE_STATS).fetch_one(&self.pool).await?)
+        self.call(async |conn| Ok(sqlx::query_as(DUE_STATS).fetch_one(&mut **conn).await?))
+            .await
     }
 }
 
@@ -527,30 +559,35 @@ impl Queue for MySqlStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let expired = sweep_expired(|| self.expire_batch()).await?;
-        let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(CLAIM_LOCK)
-            .bind(i64::from(batch_size))
-            .fetch_all(&mut *tx)
-            .await?;
-        let read = ClaimedRows::read(&rows, 1)?;
-        let refs = read.refs();
-        if !refs.is_empty() {
-            let claimed = to_json(&refs)?;
-            sqlx::query(CLAIM)
-                .bind(&claimed)
-                .bind(instance)
-                .bind(micros(lease))
-                .execute(&mut *tx)
-                .await?;
-            for statement in [CLAIM_ATTEMPTS, CLAIM_EVENTS] {
-                sqlx::query(statement)
-                    .bind(instance)
-                    .bind(&claimed)
-                    .execute(&mut *tx)
+        let read = self
+            .call(async |conn| {
+                let mut tx = conn.begin().await?;
+                let rows = sqlx::query(CLAIM_LOCK)
+                    .bind(i64::from(batch_size))
+                    .fetch_all(&mut *tx)
                     .await?;
-            }
-        }
-        tx.commit().await?;
+                let read = ClaimedRows::read(&rows, 1)?;
+                let refs = read.refs();
+                if !refs.is_empty() {
+                    let claimed = to_json(&refs)?;
+                    sqlx::query(CLAIM)
+                        .bind(&claimed)
+                        .bind(instance)
+                        .bind(micros(lease))
+                        .execute(&mut *tx)
+                        .await?;
+                    for statement in [CLAIM_ATTEMPTS, CLAIM_EVENTS] {
+                        sqlx::query(statement)
+                            .bind(instance)
+                            .bind(&claimed)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                tx.commit().await?;
+                Ok(read)
+            })
+            .await?;
         Ok(read.finish(self, instance, expired).await)
     }
 
@@ -562,35 +599,40 @@ impl Queue for MySqlStore {
         if outcomes.is_empty() {
             return Ok(RecordReport::default());
         }
-        let ids: Vec<i64> = outcomes.iter().map(|o| o.id).collect();
-        let mut tx = self.pool.begin().await?;
-        let locked: Vec<(i64, String, i32, Option<String>)> = sqlx::query_as(LOCK_BY_ID)
-            .bind(to_json(&ids)?)
-            .fetch_all(&mut *tx)
+        let ids = to_json(&outcomes.iter().map(|o| o.id).collect::<Vec<i64>>())?;
+        let applied = self
+            .call(async |conn| {
+                let mut tx = conn.begin().await?;
+                let locked: Vec<(i64, String, i32, Option<String>)> = sqlx::query_as(LOCK_BY_ID)
+                    .bind(&ids)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let passed = fenced(
+                    &locked,
+                    instance,
+                    outcomes.iter().map(|o| (o.id, i64::from(o.attempt))),
+                );
+                let applied: Vec<OutcomeRow> = first_per_id(outcomes, |o| o.id)
+                    .into_iter()
+                    .filter(|o| passed.contains(&o.id))
+                    .map(OutcomeRow::new)
+                    .collect();
+                if !applied.is_empty() {
+                    let json = to_json(&applied)?;
+                    sqlx::query(RECORD)
+                        .bind(&json)
+                        .bind(instance)
+                        .execute(&mut *tx)
+                        .await?;
+                    for statement in [RECORD_ATTEMPTS, RECORD_EVENTS] {
+                        sqlx::query(statement).bind(&json).execute(&mut *tx).await?;
+                    }
+                }
+                tx.commit().await?;
+                Ok(applied.len())
+            })
             .await?;
-        let passed = fenced(
-            &locked,
-            instance,
-            outcomes.iter().map(|o| (o.id, i64::from(o.attempt))),
-        );
-        let applied: Vec<OutcomeRow> = first_per_id(outcomes, |o| o.id)
-            .into_iter()
-            .filter(|o| passed.contains(&o.id))
-            .map(OutcomeRow::new)
-            .collect();
-        if !applied.is_empty() {
-            let json = to_json(&applied)?;
-            sqlx::query(RECORD)
-                .bind(&json)
-                .bind(instance)
-                .execute(&mut *tx)
-                .await?;
-            for statement in [RECORD_ATTEMPTS, RECORD_EVENTS] {
-                sqlx::query(statement).bind(&json).execute(&mut *tx).await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(record_report(outcomes.len(), applied.len()))
+        Ok(record_report(outcomes.len(), applied))
     }
 }
 
@@ -600,35 +642,38 @@ impl Leases for MySqlStore {
         if claims.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<i64> = claims.iter().map(|(id, _)| *id).collect();
-        let mut tx = self.pool.begin().await?;
-        let locked: Vec<(i64, String, i32, Option<String>)> = sqlx::query_as(LOCK_BY_ID)
-            .bind(to_json(&ids)?)
-            .fetch_all(&mut *tx)
-            .await?;
-        let passed = fenced(
-            &locked,
-            instance,
-            claims.iter().map(|(id, a)| (*id, i64::from(*a))),
-        );
-        let released = AttemptRef::all(
-            first_per_id(claims, |(id, _)| *id)
-                .into_iter()
-                .filter(|(id, _)| passed.contains(id)),
-        );
-        if !released.is_empty() {
-            let json = to_json(&released)?;
-            sqlx::query(RELEASE)
-                .bind(&json)
-                .bind(instance)
-                .execute(&mut *tx)
+        let ids = to_json(&claims.iter().map(|(id, _)| *id).collect::<Vec<i64>>())?;
+        self.call(async |conn| {
+            let mut tx = conn.begin().await?;
+            let locked: Vec<(i64, String, i32, Option<String>)> = sqlx::query_as(LOCK_BY_ID)
+                .bind(&ids)
+                .fetch_all(&mut *tx)
                 .await?;
-            for statement in [RELEASE_ATTEMPTS, RELEASE_EVENTS] {
-                sqlx::query(statement).bind(&json).execute(&mut *tx).await?;
+            let passed = fenced(
+                &locked,
+                instance,
+                claims.iter().map(|(id, a)| (*id, i64::from(*a))),
+            );
+            let released = AttemptRef::all(
+                first_per_id(claims, |(id, _)| *id)
+                    .into_iter()
+                    .filter(|(id, _)| passed.contains(id)),
+            );
+            if !released.is_empty() {
+                let json = to_json(&released)?;
+                sqlx::query(RELEASE)
+                    .bind(&json)
+                    .bind(instance)
+                    .execute(&mut *tx)
+                    .await?;
+                for statement in [RELEASE_ATTEMPTS, RELEASE_EVENTS] {
+                    sqlx::query(statement).bind(&json).execute(&mut *tx).await?;
+                }
             }
-        }
-        tx.commit().await?;
-        Ok(released.len() as u64)
+            tx.commit().await?;
+            Ok(released.len() as u64)
+        })
+        .await
     }
 
     async fn renew(
@@ -640,41 +685,48 @@ impl Leases for MySqlStore {
         if claims.is_empty() {
             return Ok(0);
         }
-        let renewed = sqlx::query(RENEW)
-            .bind(AttemptRef::distinct_json(claims)?)
-            .bind(micros(lease))
-            .bind(instance)
-            .execute(&self.pool)
-            .await?;
-        Ok(renewed.rows_affected())
+        let json = AttemptRef::distinct_json(claims)?;
+        self.call(async |conn| {
+            let renewed = sqlx::query(RENEW)
+                .bind(&json)
+                .bind(micros(lease))
+                .bind(instance)
+                .execute(&mut **conn)
+                .await?;
+            Ok(renewed.rows_affected())
+        })
+        .await
     }
 
     async fn reap_expired_leases(
         &self,
         max_attempts: u32,
+        guarantee: Guarantee,
         limit: u32,
     ) -> Result<ReapReport, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        let locked: Option<i64> = sqlx::query_scalar(REAPER_LOCK)
-            .fetch_one(&mut *conn)
-            .await?;
-        if locked != Some(1) {
-            return Ok(ReapReport {
-                skipped: true,
-                ..ReapReport::default()
-            });
-        }
-        let result = Self::reap_locked(&mut conn, max_attempts, limit).await;
-        // A connection that cannot release the lock must not go back to the
-        // pool still holding it: closing it makes the server release it.
-        if sqlx::query(REAPER_UNLOCK)
-            .execute(&mut *conn)
-            .await
-            .is_err()
-        {
-            conn.close_on_drop();
-        }
-        result
+        self.call(async |conn| {
+            let locked: Option<i64> = sqlx::query_scalar(REAPER_LOCK)
+                .fetch_one(&mut **conn)
+                .await?;
+            if locked != Some(1) {
+                return Ok(ReapReport {
+                    skipped: true,
+                    ..ReapReport::default()
+                });
+            }
+            let result = Self::reap_locked(conn, max_attempts, guarantee, limit).await;
+            // A connection that cannot release the lock must not go back to the
+            // pool still holding it: closing it makes the server release it.
+            if sqlx::query(REAPER_UNLOCK)
+                .execute(&mut **conn)
+                .await
+                .is_err()
+            {
+                conn.close_on_drop();
+            }
+            result
+        })
+        .await
     }
 }
 
@@ -684,21 +736,24 @@ impl Reports for MySqlStore {
         &self,
         report: &DeliveryReport,
     ) -> Result<ReportApplied, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // FOR UPDATE as on PostgreSQL; positional placeholders bind `to` twice.
-        apply_report!(
-            tx,
-            report,
-            sqlx::query_as("SELECT status, attempts FROM sms WHERE id = ? FOR UPDATE"),
-            |to| sqlx::query(REPORT_UPDATE)
-                .bind(to)
-                .bind(to)
-                .bind(report.sms_id),
-            sqlx::query(REPORT_EVENT)
-                .bind(report.sms_id)
-                .bind(to)
-                .bind(&report.reason)
-        )
+        self.call(async |conn| {
+            let mut tx = conn.begin().await?;
+            // FOR UPDATE as on PostgreSQL; positional placeholders bind `to` twice.
+            apply_report!(
+                tx,
+                report,
+                sqlx::query_as("SELECT status, attempts FROM sms WHERE id = ? FOR UPDATE"),
+                |to| sqlx::query(REPORT_UPDATE)
+                    .bind(to)
+                    .bind(to)
+                    .bind(report.sms_id),
+                sqlx::query(REPORT_EVENT)
+                    .bind(report.sms_id)
+                    .bind(to)
+                    .bind(&report.reason)
+            )
+        })
+        .await
     }
 
     async fn attempt_by_provider_message_id(

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, Postgres};
+use sqlx::{AssertSqlSafe, Connection, Postgres};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{Backend, DirectorySql};
@@ -22,11 +23,13 @@ use super::batch::{
     AttemptRef, EXPIRE_BATCH, OutcomeRow, apply_report, millis, record_report, report_target,
     sweep_expired, to_json,
 };
+use super::deadline;
 use super::query::{Arg, Style};
 use super::rows::ClaimedRows;
 use super::session;
 use super::{Claim, Leases, Queue, ReapReport, RecordReport, Reports, StoreError, StoreOptions};
 use crate::domain::Outcome;
+use crate::domain::outcome::Guarantee;
 use crate::domain::report::{DeliveryReport, ReportApplied};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -39,6 +42,7 @@ const STAFF_QUERY: &str = "SELECT mobile_no FROM m_staff WHERE id = $1";
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    call_timeout: Duration,
     directory: DirectorySql,
 }
 
@@ -61,6 +65,7 @@ impl PgStore {
             .connect_lazy_with(connect);
         Ok(Self {
             pool,
+            call_timeout: options.call_timeout,
             directory: DirectorySql::new(&options.directory, CLIENT_QUERY, STAFF_QUERY),
         })
     }
@@ -68,6 +73,14 @@ impl PgStore {
     /// The underlying pool, for tests and the API's ad-hoc queries.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Runs `work` on one connection within `database.call_timeout`.
+    async fn call<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut PoolConnection<Postgres>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        deadline::call(&self.pool, self.call_timeout, work).await
     }
 }
 
@@ -207,7 +220,9 @@ WHERE sms.id = i.id AND sms.status = 'sending'
   AND sms.attempts = i.attempt AND sms.locked_by = $1";
 
 // Expired leases: the instance crashed or hung. Its open attempt is marked
-// `abandoned` (it may have reached the provider: at-least-once).
+// `abandoned`: it may have reached the provider, so under at-most-once ($3)
+// the row fails with `outcome unknown` instead of going back to `pending`.
+// $1 = max attempts, $2 = limit, $3 = at-most-once.
 const REAP: &str = "
 WITH expired AS (
     SELECT id, locked_by FROM sms
@@ -218,8 +233,9 @@ WITH expired AS (
 ),
 reaped AS (
     UPDATE sms SET
-        status = CASE WHEN sms.attempts >= $1 THEN 'failed' ELSE 'pending' END,
-        last_error = 'lease of ' || expired.locked_by || ' expired during attempt ' || sms.attempts,
+        status = CASE WHEN $3 OR sms.attempts >= $1 THEN 'failed' ELSE 'pending' END,
+        last_error = CASE WHEN $3 THEN 'outcome unknown: ' ELSE '' END
+                     || 'lease of ' || expired.locked_by || ' expired during attempt ' || sms.attempts,
         next_attempt_at = now(),
         locked_by = NULL,
         lease_expires_at = NULL,
@@ -239,7 +255,9 @@ attempt AS (
 event AS (
     INSERT INTO sms_event (sms_id, from_status, to_status, reason)
     SELECT id, 'sending', status,
-           CASE WHEN status = 'failed' THEN 'attempts exhausted: ' || last_error ELSE last_error END
+           CASE WHEN $3 THEN last_error || '; not sent again (dispatch.guarantee = at-most-once)'
+                WHEN status = 'failed' THEN 'attempts exhausted: ' || last_error
+                ELSE last_error END
     FROM reaped
 )
 SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed') FROM reaped";
@@ -289,10 +307,13 @@ impl Backend for PgStore {
         " ON CONFLICT DO NOTHING"
     );
 
-    async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<PgRow>, sqlx::Error> {
-        bind(sqlx::query(AssertSqlSafe(sql.to_owned())), args)
-            .fetch_all(&self.pool)
-            .await
+    async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<PgRow>, StoreError> {
+        self.call(async |conn| {
+            Ok(bind(sqlx::query(AssertSqlSafe(sql.to_owned())), args)
+                .fetch_all(&mut **conn)
+                .await?)
+        })
+        .await
     }
 
     fn directory(&self) -> &DirectorySql {
@@ -309,7 +330,8 @@ impl Backend for PgStore {
     }
 
     async fn due_stats(&self) -> Result<(i64, f64), StoreError> {
-        Ok(sqlx::query_as(DUE_STATS).fetch_one(&self.pool).await?)
+        self.call(async |conn| Ok(sqlx::query_as(DUE_STATS).fetch_one(&mut **conn).await?))
+            .await
     }
 }
 
@@ -321,19 +343,25 @@ impl Queue for PgStore {
         batch_size: u32,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let expired = sweep_expired(|| async {
-            let done = sqlx::query(EXPIRE)
-                .bind(i64::from(EXPIRE_BATCH))
-                .execute(&self.pool)
-                .await?;
-            Ok(done.rows_affected())
+        let expired = sweep_expired(|| {
+            self.call(async |conn| {
+                let done = sqlx::query(EXPIRE)
+                    .bind(i64::from(EXPIRE_BATCH))
+                    .execute(&mut **conn)
+                    .await?;
+                Ok(done.rows_affected())
+            })
         })
         .await?;
-        let rows = sqlx::query(CLAIM)
-            .bind(i64::from(batch_size))
-            .bind(instance)
-            .bind(millis(lease))
-            .fetch_all(&self.pool)
+        let rows = self
+            .call(async |conn| {
+                Ok(sqlx::query(CLAIM)
+                    .bind(i64::from(batch_size))
+                    .bind(instance)
+                    .bind(millis(lease))
+                    .fetch_all(&mut **conn)
+                    .await?)
+            })
             .await?;
         let read = ClaimedRows::read(&rows, 0)?;
         Ok(read.finish(self, instance, expired).await)
@@ -348,10 +376,15 @@ impl Queue for PgStore {
             return Ok(RecordReport::default());
         }
         let rows: Vec<OutcomeRow> = outcomes.iter().map(OutcomeRow::new).collect();
-        let applied: i64 = sqlx::query_scalar(RECORD)
-            .bind(instance)
-            .bind(to_json(&rows)?)
-            .fetch_one(&self.pool)
+        let json = to_json(&rows)?;
+        let applied: i64 = self
+            .call(async |conn| {
+                Ok(sqlx::query_scalar(RECORD)
+                    .bind(instance)
+                    .bind(&json)
+                    .fetch_one(&mut **conn)
+                    .await?)
+            })
             .await?;
         Ok(record_report(outcomes.len(), applied))
     }
@@ -363,10 +396,15 @@ impl Leases for PgStore {
         if claims.is_empty() {
             return Ok(0);
         }
-        let released: i64 = sqlx::query_scalar(RELEASE)
-            .bind(instance)
-            .bind(to_json(&AttemptRef::all(claims))?)
-            .fetch_one(&self.pool)
+        let json = to_json(&AttemptRef::all(claims))?;
+        let released: i64 = self
+            .call(async |conn| {
+                Ok(sqlx::query_scalar(RELEASE)
+                    .bind(instance)
+                    .bind(&json)
+                    .fetch_one(&mut **conn)
+                    .await?)
+            })
             .await?;
         Ok(u64::try_from(released).unwrap_or(0))
     }
@@ -380,43 +418,52 @@ impl Leases for PgStore {
         if claims.is_empty() {
             return Ok(0);
         }
-        let renewed = sqlx::query(RENEW)
-            .bind(instance)
-            .bind(AttemptRef::distinct_json(claims)?)
-            .bind(millis(lease))
-            .execute(&self.pool)
-            .await?;
-        Ok(renewed.rows_affected())
+        let json = AttemptRef::distinct_json(claims)?;
+        self.call(async |conn| {
+            let renewed = sqlx::query(RENEW)
+                .bind(instance)
+                .bind(&json)
+                .bind(millis(lease))
+                .execute(&mut **conn)
+                .await?;
+            Ok(renewed.rows_affected())
+        })
+        .await
     }
 
     async fn reap_expired_leases(
         &self,
         max_attempts: u32,
+        guarantee: Guarantee,
         limit: u32,
     ) -> Result<ReapReport, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // Transaction-scoped: released at commit, or when a crashed session's connection drops.
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(REAPER_LOCK)
-            .fetch_one(&mut *tx)
-            .await?;
-        if !locked {
-            return Ok(ReapReport {
-                skipped: true,
-                ..ReapReport::default()
-            });
-        }
-        let (requeued, failed): (i64, i64) = sqlx::query_as(REAP)
-            .bind(i64::from(max_attempts))
-            .bind(i64::from(limit))
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(ReapReport {
-            requeued: u64::try_from(requeued).unwrap_or(0),
-            failed: u64::try_from(failed).unwrap_or(0),
-            skipped: false,
+        self.call(async |conn| {
+            let mut tx = conn.begin().await?;
+            // Transaction-scoped: released at commit, or when a crashed session's connection drops.
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(REAPER_LOCK)
+                .fetch_one(&mut *tx)
+                .await?;
+            if !locked {
+                return Ok(ReapReport {
+                    skipped: true,
+                    ..ReapReport::default()
+                });
+            }
+            let (requeued, failed): (i64, i64) = sqlx::query_as(REAP)
+                .bind(i64::from(max_attempts))
+                .bind(i64::from(limit))
+                .bind(guarantee == Guarantee::AtMostOnce)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(ReapReport {
+                requeued: u64::try_from(requeued).unwrap_or(0),
+                failed: u64::try_from(failed).unwrap_or(0),
+                skipped: false,
+            })
         })
+        .await
     }
 }
 
@@ -426,19 +473,22 @@ impl Reports for PgStore {
         &self,
         report: &DeliveryReport,
     ) -> Result<ReportApplied, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // FOR UPDATE: a duplicate report arriving at the same time waits, then
-        // sees the final status and changes nothing.
-        apply_report!(
-            tx,
-            report,
-            sqlx::query_as("SELECT status, attempts FROM sms WHERE id = $1 FOR UPDATE"),
-            |to| sqlx::query(REPORT_UPDATE).bind(report.sms_id).bind(to),
-            sqlx::query(REPORT_EVENT)
-                .bind(report.sms_id)
-                .bind(to)
-                .bind(&report.reason)
-        )
+        self.call(async |conn| {
+            let mut tx = conn.begin().await?;
+            // FOR UPDATE: a duplicate report arriving at the same time waits, then
+            // sees the final status and changes nothing.
+            apply_report!(
+                tx,
+                report,
+                sqlx::query_as("SELECT status, attempts FROM sms WHERE id = $1 FOR UPDATE"),
+                |to| sqlx::query(REPORT_UPDATE).bind(report.sms_id).bind(to),
+                sqlx::query(REPORT_EVENT)
+                    .bind(report.sms_id)
+                    .bind(to)
+                    .bind(&report.reason)
+            )
+        })
+        .await
     }
 
     async fn attempt_by_provider_message_id(

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::mysql::{MySqlConnection, MySqlDatabaseError};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqlitePool, SqliteRow};
+use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqliteRow};
 use sqlx::{AssertSqlSafe, Executor, Sqlite};
 
 use super::StoreError;
@@ -71,6 +71,7 @@ impl StoreError {
     /// timeout (PostgreSQL 57014, MariaDB 1969, MySQL 3024, SQLite interrupt).
     pub fn is_statement_timeout(&self) -> bool {
         let (StoreError::Unavailable(sqlx::Error::Database(db))
+        | StoreError::Contended(sqlx::Error::Database(db))
         | StoreError::Database(sqlx::Error::Database(db))) = self
         else {
             return false;
@@ -137,14 +138,13 @@ pub(super) async fn mysql_after_connect(
 /// well under a millisecond of work, so the check costs nothing noticeable.
 const SQLITE_CHECK_EVERY: i32 = 1_000;
 
-/// Runs `query` on a connection of `pool`, interrupted by SQLite once
+/// Runs `query` on `conn`, interrupted by SQLite once
 /// `limit` has passed (the error then has code 9, SQLITE_INTERRUPT).
 pub(super) async fn sqlite_fetch_within<'q>(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     query: sqlx::query::Query<'q, Sqlite, SqliteArguments>,
     limit: Duration,
 ) -> Result<Vec<SqliteRow>, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
     let deadline = Instant::now() + limit;
     conn.lock_handle()
         .await?

@@ -32,6 +32,11 @@ pub struct DatabaseSettings {
     pub read_url: Option<Secret>,
     /// Name of a systemd credential holding `read_url`.
     pub read_url_credential: Option<String>,
+    /// The longest one database call may take (claim, record, renew, reap,
+    /// API queries; waiting for a connection included). A call that runs out
+    /// counts as the database being unavailable, and its connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
 }
 
 impl Default for DatabaseSettings {
@@ -45,6 +50,7 @@ impl Default for DatabaseSettings {
             connect_timeout: Duration::from_secs(5),
             read_url: None,
             read_url_credential: None,
+            call_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -57,6 +63,15 @@ impl DatabaseSettings {
         }
         if self.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
+        }
+        if self.call_timeout.is_zero() {
+            return Err(invalid("database.call_timeout", "must be more than 0s"));
+        }
+        if self.connect_timeout > self.call_timeout {
+            return Err(invalid(
+                "database.connect_timeout",
+                "must not exceed database.call_timeout (a call includes waiting for a connection)",
+            ));
         }
         self.validate_read_url()
     }
@@ -120,8 +135,37 @@ impl StoreOptions {
             url: database.url()?.expose().to_owned(),
             pool_size: database.pool_size,
             connect_timeout: database.connect_timeout,
+            call_timeout: database.call_timeout,
             directory: directory.clone(),
             session: super::Session::dispatcher(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_call_has_a_deadline_that_covers_waiting_for_a_connection() {
+        let defaults = DatabaseSettings::default();
+        assert!(defaults.validate().is_ok());
+        assert_eq!(defaults.call_timeout, Duration::from_secs(10));
+        let none = DatabaseSettings {
+            call_timeout: Duration::ZERO,
+            ..DatabaseSettings::default()
+        };
+        assert_eq!(
+            none.validate().unwrap_err().to_string(),
+            "config key `database.call_timeout`: must be more than 0s"
+        );
+        let shorter = DatabaseSettings {
+            call_timeout: Duration::from_secs(2),
+            ..DatabaseSettings::default()
+        };
+        assert_eq!(
+            shorter.validate().unwrap_err().to_string(),
+            "config key `database.connect_timeout`: must not exceed database.call_timeout (a call includes waiting for a connection)"
+        );
     }
 }

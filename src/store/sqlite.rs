@@ -22,11 +22,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row, Sqlite};
+use sqlx::{AssertSqlSafe, Connection, Row, Sqlite};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -35,12 +36,14 @@ use super::batch::{
     AttemptRef, EXPIRE_BATCH, OutcomeRow, apply_report, first_per_id, millis, parse_status,
     record_report, report_target, sweep_expired, to_json,
 };
+use super::deadline;
 use super::query::{Arg, Style};
 use super::rows::ClaimedRows;
 use super::session;
 use super::{
     Claim, Leases, Queue, ReapReport, RecordReport, Reports, Schema, StoreError, StoreOptions,
 };
+use crate::domain::outcome::Guarantee;
 use crate::domain::report::{DeliveryReport, ReportApplied};
 use crate::domain::{Outcome, Status};
 
@@ -58,6 +61,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    call_timeout: Duration,
     directory: DirectorySql,
     /// The API's limit on its statements (none for the dispatcher's pool).
     statement_timeout: Option<Duration>,
@@ -102,6 +106,7 @@ impl SqliteStore {
         let pool = pool.connect_lazy_with(connect);
         Ok(Self {
             pool,
+            call_timeout: options.call_timeout,
             directory: DirectorySql::new(&options.directory, CLIENT_QUERY, STAFF_QUERY),
             statement_timeout: options.session.statement_timeout,
         })
@@ -110,6 +115,14 @@ impl SqliteStore {
     /// The underlying pool, for tests.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// Runs `work` on one connection within `database.call_timeout`.
+    async fn call<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut PoolConnection<Sqlite>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        deadline::call(&self.pool, self.call_timeout, work).await
     }
 }
 
@@ -257,11 +270,13 @@ WHERE sms.id = i.id AND sms.status = 'sending'
 
 // Expired leases: the instance crashed or hung. SET expressions read the row
 // as it was before the update, so `last_error` still sees `locked_by`.
-// ?1 = now, ?2 = max attempts, ?3 = limit.
+// Under at-most-once (?4 = 1) the row fails with `outcome unknown`.
+// ?1 = now, ?2 = max attempts, ?3 = limit, ?4 = at-most-once.
 const REAP: &str = "
 UPDATE sms SET
-    status = CASE WHEN attempts >= ?2 THEN 'failed' ELSE 'pending' END,
-    last_error = 'lease of ' || locked_by || ' expired during attempt ' || attempts,
+    status = CASE WHEN ?4 OR attempts >= ?2 THEN 'failed' ELSE 'pending' END,
+    last_error = CASE WHEN ?4 THEN 'outcome unknown: ' ELSE '' END
+                 || 'lease of ' || locked_by || ' expired during attempt ' || attempts,
     next_attempt_at = ?1,
     locked_by = NULL,
     lease_expires_at = NULL,
@@ -282,11 +297,13 @@ UPDATE sms_attempt SET
     error = 'lease expired before an outcome was recorded'
 WHERE (sms_id, attempt) IN (SELECT value ->> '$.id', value ->> '$.attempt' FROM json_each(?1))";
 
-// ?1 = JSON array of ids, ?2 = now.
+// ?1 = JSON array of ids, ?2 = now, ?3 = at-most-once.
 const REAP_EVENTS: &str = "
 INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
 SELECT id, 'sending', status,
-       CASE WHEN status = 'failed' THEN 'attempts exhausted: ' || last_error ELSE last_error END, ?2
+       CASE WHEN ?3 THEN last_error || '; not sent again (dispatch.guarantee = at-most-once)'
+            WHEN status = 'failed' THEN 'attempts exhausted: ' || last_error
+            ELSE last_error END, ?2
 FROM sms WHERE id IN (SELECT value FROM json_each(?1))";
 
 // ?1 = now; the age comes back in milliseconds.
@@ -330,12 +347,16 @@ impl Backend for SqliteStore {
     const MIGRATIONS_TABLE: &'static str = "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'";
     const DEMO_INSERT: &'static str = concat!("INSERT OR IGNORE", crate::store::demo_rows!());
 
-    async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<SqliteRow>, sqlx::Error> {
-        let query = bind(sqlx::query(AssertSqlSafe(sql.to_owned())), args);
-        match self.statement_timeout {
-            Some(limit) => session::sqlite_fetch_within(&self.pool, query, limit).await,
-            None => query.fetch_all(&self.pool).await,
-        }
+    async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<SqliteRow>, StoreError> {
+        let limit = self.statement_timeout;
+        self.call(async |conn| {
+            let query = bind(sqlx::query(AssertSqlSafe(sql.to_owned())), args);
+            Ok(match limit {
+                Some(limit) => session::sqlite_fetch_within(conn, query, limit).await?,
+                None => query.fetch_all(&mut **conn).await?,
+            })
+        })
+        .await
     }
 
     fn directory(&self) -> &DirectorySql {
@@ -370,9 +391,13 @@ impl Backend for SqliteStore {
     }
 
     async fn due_stats(&self) -> Result<(i64, f64), StoreError> {
-        let (due, oldest_ms): (i64, i64) = sqlx::query_as(DUE_STATS)
-            .bind(now_ms())
-            .fetch_one(&self.pool)
+        let (due, oldest_ms): (i64, i64) = self
+            .call(async |conn| {
+                Ok(sqlx::query_as(DUE_STATS)
+                    .bind(now_ms())
+                    .fetch_one(&mut **conn)
+                    .await?)
+            })
             .await?;
         Ok((due, oldest_ms as f64 / 1000.0))
     }
@@ -389,22 +414,25 @@ impl SqliteStore {
 
     /// One transaction of the expiry sweep; returns how many rows it failed.
     async fn expire_batch(&self) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let now = now_ms();
-        let expired: Vec<i64> = sqlx::query_scalar(EXPIRE)
-            .bind(now)
-            .bind(i64::from(EXPIRE_BATCH))
-            .fetch_all(&mut *tx)
-            .await?;
-        if !expired.is_empty() {
-            sqlx::query(EXPIRE_EVENTS)
-                .bind(to_json(&expired)?)
+        self.call(async |conn| {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            let now = now_ms();
+            let expired: Vec<i64> = sqlx::query_scalar(EXPIRE)
                 .bind(now)
-                .execute(&mut *tx)
+                .bind(i64::from(EXPIRE_BATCH))
+                .fetch_all(&mut *tx)
                 .await?;
-        }
-        tx.commit().await?;
-        Ok(expired.len() as u64)
+            if !expired.is_empty() {
+                sqlx::query(EXPIRE_EVENTS)
+                    .bind(to_json(&expired)?)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(expired.len() as u64)
+        })
+        .await
     }
 }
 
@@ -417,29 +445,34 @@ impl Queue for SqliteStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let expired = sweep_expired(|| self.expire_batch()).await?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let now = now_ms();
-        let rows = sqlx::query(CLAIM)
-            .bind(now)
-            .bind(instance)
-            .bind(millis(lease))
-            .bind(i64::from(batch_size))
-            .fetch_all(&mut *tx)
-            .await?;
-        let read = ClaimedRows::read(&rows, 0)?;
-        let refs = read.refs();
-        if !refs.is_empty() {
-            let claimed = to_json(&refs)?;
-            for statement in [CLAIM_ATTEMPTS, CLAIM_EVENTS] {
-                sqlx::query(statement)
-                    .bind(&claimed)
-                    .bind(instance)
+        let read = self
+            .call(async |conn| {
+                let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                let now = now_ms();
+                let rows = sqlx::query(CLAIM)
                     .bind(now)
-                    .execute(&mut *tx)
+                    .bind(instance)
+                    .bind(millis(lease))
+                    .bind(i64::from(batch_size))
+                    .fetch_all(&mut *tx)
                     .await?;
-            }
-        }
-        tx.commit().await?;
+                let read = ClaimedRows::read(&rows, 0)?;
+                let refs = read.refs();
+                if !refs.is_empty() {
+                    let claimed = to_json(&refs)?;
+                    for statement in [CLAIM_ATTEMPTS, CLAIM_EVENTS] {
+                        sqlx::query(statement)
+                            .bind(&claimed)
+                            .bind(instance)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                tx.commit().await?;
+                Ok(read)
+            })
+            .await?;
         Ok(read.finish(self, instance, expired).await)
     }
 
@@ -455,31 +488,34 @@ impl Queue for SqliteStore {
             .into_iter()
             .map(OutcomeRow::new)
             .collect();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let now = now_ms();
-        let applied: Vec<i64> = sqlx::query_scalar(RECORD)
-            .bind(to_json(&rows)?)
-            .bind(instance)
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
-        if !applied.is_empty() {
-            let applied_ids: HashSet<i64> = applied.iter().copied().collect();
-            let applied_rows: Vec<&OutcomeRow> = rows
-                .iter()
-                .filter(|r| applied_ids.contains(&r.id))
-                .collect();
-            let applied_rows = to_json(&applied_rows)?;
-            for statement in [RECORD_ATTEMPTS, RECORD_EVENTS] {
-                sqlx::query(statement)
-                    .bind(&applied_rows)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+        self.call(async |conn| {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            let now = now_ms();
+            let applied: Vec<i64> = sqlx::query_scalar(RECORD)
+                .bind(to_json(&rows)?)
+                .bind(instance)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+            if !applied.is_empty() {
+                let applied_ids: HashSet<i64> = applied.iter().copied().collect();
+                let applied_rows: Vec<&OutcomeRow> = rows
+                    .iter()
+                    .filter(|r| applied_ids.contains(&r.id))
+                    .collect();
+                let applied_rows = to_json(&applied_rows)?;
+                for statement in [RECORD_ATTEMPTS, RECORD_EVENTS] {
+                    sqlx::query(statement)
+                        .bind(&applied_rows)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
-        }
-        tx.commit().await?;
-        Ok(record_report(outcomes.len(), applied.len()))
+            tx.commit().await?;
+            Ok(record_report(outcomes.len(), applied.len()))
+        })
+        .await
     }
 }
 
@@ -490,32 +526,35 @@ impl Leases for SqliteStore {
             return Ok(0);
         }
         let input = AttemptRef::all(first_per_id(claims, |(id, _)| *id));
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let now = now_ms();
-        let released: Vec<i64> = sqlx::query_scalar(RELEASE)
-            .bind(to_json(&input)?)
-            .bind(instance)
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
-        if !released.is_empty() {
-            let released_ids: HashSet<i64> = released.iter().copied().collect();
-            let gone: Vec<&AttemptRef> = input
-                .iter()
-                .filter(|r| released_ids.contains(&r.id))
-                .collect();
-            sqlx::query(RELEASE_ATTEMPTS)
-                .bind(to_json(&gone)?)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(RELEASE_EVENTS)
-                .bind(to_json(&released)?)
+        self.call(async |conn| {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            let now = now_ms();
+            let released: Vec<i64> = sqlx::query_scalar(RELEASE)
+                .bind(to_json(&input)?)
+                .bind(instance)
                 .bind(now)
-                .execute(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await?;
-        }
-        tx.commit().await?;
-        Ok(released.len() as u64)
+            if !released.is_empty() {
+                let released_ids: HashSet<i64> = released.iter().copied().collect();
+                let gone: Vec<&AttemptRef> = input
+                    .iter()
+                    .filter(|r| released_ids.contains(&r.id))
+                    .collect();
+                sqlx::query(RELEASE_ATTEMPTS)
+                    .bind(to_json(&gone)?)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(RELEASE_EVENTS)
+                    .bind(to_json(&released)?)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(released.len() as u64)
+        })
+        .await
     }
 
     async fn renew(
@@ -527,62 +566,73 @@ impl Leases for SqliteStore {
         if claims.is_empty() {
             return Ok(0);
         }
-        let renewed = sqlx::query(RENEW)
-            .bind(AttemptRef::distinct_json(claims)?)
-            .bind(instance)
-            .bind(now_ms())
-            .bind(millis(lease))
-            .execute(&self.pool)
-            .await?;
-        Ok(renewed.rows_affected())
+        let json = AttemptRef::distinct_json(claims)?;
+        self.call(async |conn| {
+            let renewed = sqlx::query(RENEW)
+                .bind(&json)
+                .bind(instance)
+                .bind(now_ms())
+                .bind(millis(lease))
+                .execute(&mut **conn)
+                .await?;
+            Ok(renewed.rows_affected())
+        })
+        .await
     }
 
     async fn reap_expired_leases(
         &self,
         max_attempts: u32,
+        guarantee: Guarantee,
         limit: u32,
     ) -> Result<ReapReport, StoreError> {
+        let at_most_once = guarantee == Guarantee::AtMostOnce;
         // BEGIN IMMEDIATE already makes reapers on one file take turns, so
         // there is no separate lock and never a skipped run.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let now = now_ms();
-        let rows = sqlx::query(REAP)
-            .bind(now)
-            .bind(i64::from(max_attempts))
-            .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut report = ReapReport::default();
-        let mut reaped = Vec::with_capacity(rows.len());
-        let mut ids = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id: i64 = row.try_get("id")?;
-            let status: String = row.try_get("status")?;
-            match parse_status(id, &status)? {
-                Status::Failed => report.failed += 1,
-                _ => report.requeued += 1,
+        self.call(async |conn| {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            let now = now_ms();
+            let rows = sqlx::query(REAP)
+                .bind(now)
+                .bind(i64::from(max_attempts))
+                .bind(i64::from(limit))
+                .bind(at_most_once)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut report = ReapReport::default();
+            let mut reaped = Vec::with_capacity(rows.len());
+            let mut ids = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let id: i64 = row.try_get("id")?;
+                let status: String = row.try_get("status")?;
+                match parse_status(id, &status)? {
+                    Status::Failed => report.failed += 1,
+                    _ => report.requeued += 1,
+                }
+                reaped.push(AttemptRef {
+                    id,
+                    attempt: row.try_get("attempts")?,
+                    send_key: None,
+                });
+                ids.push(id);
             }
-            reaped.push(AttemptRef {
-                id,
-                attempt: row.try_get("attempts")?,
-                send_key: None,
-            });
-            ids.push(id);
-        }
-        if !reaped.is_empty() {
-            sqlx::query(REAP_ATTEMPTS)
-                .bind(to_json(&reaped)?)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(REAP_EVENTS)
-                .bind(to_json(&ids)?)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(report)
+            if !reaped.is_empty() {
+                sqlx::query(REAP_ATTEMPTS)
+                    .bind(to_json(&reaped)?)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(REAP_EVENTS)
+                    .bind(to_json(&ids)?)
+                    .bind(now)
+                    .bind(at_most_once)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(report)
+        })
+        .await
     }
 }
 
@@ -594,22 +644,25 @@ impl Reports for SqliteStore {
     ) -> Result<ReportApplied, StoreError> {
         // BEGIN IMMEDIATE takes the write lock first (SQLite has no FOR UPDATE);
         // times come from the host clock, as everywhere on SQLite.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let now = now_ms();
-        apply_report!(
-            tx,
-            report,
-            sqlx::query_as("SELECT status, attempts FROM sms WHERE id = ?1"),
-            |to| sqlx::query(REPORT_UPDATE)
-                .bind(report.sms_id)
-                .bind(to)
-                .bind(now),
-            sqlx::query(REPORT_EVENT)
-                .bind(report.sms_id)
-                .bind(to)
-                .bind(now)
-                .bind(&report.reason)
-        )
+        self.call(async |conn| {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            let now = now_ms();
+            apply_report!(
+                tx,
+                report,
+                sqlx::query_as("SELECT status, attempts FROM sms WHERE id = ?1"),
+                |to| sqlx::query(REPORT_UPDATE)
+                    .bind(report.sms_id)
+                    .bind(to)
+                    .bind(now),
+                sqlx::query(REPORT_EVENT)
+                    .bind(report.sms_id)
+                    .bind(to)
+                    .bind(now)
+                    .bind(&report.reason)
+            )
+        })
+        .await
     }
 
     async fn attempt_by_provider_message_id(
@@ -636,6 +689,7 @@ mod tests {
                 url: url.into(),
                 pool_size: 1,
                 connect_timeout: Duration::from_secs(1),
+                call_timeout: Duration::from_secs(1),
                 directory: Default::default(),
                 session: Default::default(),
             };

@@ -25,7 +25,7 @@ conformance!(
 );
 
 /// A config for `db` with the webhook provider at `provider_url` and fast retries.
-fn config(db: &TestStore, provider_url: &str) -> Config {
+pub(crate) fn config(db: &TestStore, provider_url: &str) -> Config {
     let mut config = Config::default();
     config.database.url = Some(Secret::new(db.url.clone()));
     config.provider.kind = ProviderKind::Webhook;
@@ -41,7 +41,7 @@ fn config(db: &TestStore, provider_url: &str) -> Config {
     config
 }
 
-fn dispatcher(db: &TestStore, config: &Config) -> Dispatcher {
+pub(crate) fn dispatcher(db: &TestStore, config: &Config) -> Dispatcher {
     let provider = Arc::new(
         WebhookProvider::from_settings(&config.provider.webhook, &config.provider.instance())
             .expect("webhook provider"),

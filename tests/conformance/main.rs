@@ -48,6 +48,7 @@ macro_rules! conformance {
 mod claim;
 mod concurrency;
 mod daemon;
+mod db_errors;
 mod directory;
 mod dispatch;
 mod list;

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use smsrelay::domain::NextState;
+use smsrelay::domain::outcome::Guarantee::AtLeastOnce;
 use smsrelay::store::{ReapReport, Store};
 
 use crate::backends::TestStore;
@@ -37,7 +38,10 @@ async fn claimed(db: &TestStore, instance: &str, lease: Duration) -> i64 {
 async fn reap_all(store: &dyn Store, max_attempts: u32) -> ReapReport {
     let mut total = ReapReport::default();
     loop {
-        let pass = store.reap_expired_leases(max_attempts, 100).await.unwrap();
+        let pass = store
+            .reap_expired_leases(max_attempts, AtLeastOnce, 100)
+            .await
+            .unwrap();
         total.requeued += pass.requeued;
         total.failed += pass.failed;
         if !pass.skipped && pass.requeued + pass.failed == 0 {
@@ -373,7 +377,11 @@ async fn the_reaper_requeues_expired_leases(db: TestStore) {
     let alive = claimed(&db, "live-node", LEASE).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
 
-    let report = db.store.reap_expired_leases(8, 100).await.unwrap();
+    let report = db
+        .store
+        .reap_expired_leases(8, AtLeastOnce, 100)
+        .await
+        .unwrap();
     assert_eq!(
         report,
         ReapReport {
@@ -428,7 +436,11 @@ async fn the_reaper_fails_exhausted_messages_in_batches(db: TestStore) {
     let passes: Vec<u64> = {
         let mut passes = Vec::new();
         for _ in 0..4 {
-            let r = db.store.reap_expired_leases(1, 2).await.unwrap();
+            let r = db
+                .store
+                .reap_expired_leases(1, AtLeastOnce, 2)
+                .await
+                .unwrap();
             assert_eq!(r.requeued, 0);
             passes.push(r.failed);
         }

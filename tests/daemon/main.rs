@@ -90,7 +90,7 @@ fn the_reference_config_file_is_valid_and_complete() {
 fn bad_configuration_names_the_key_and_exits_2() {
     // (environment, extra config file lines, the key the error must name)
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
-    let cases: [Case; 9] = [
+    let cases: [Case; 10] = [
         (
             &[("SMSRELAY_DISPATCH__BATCH_SIZE", "lots")],
             "",
@@ -124,6 +124,12 @@ fn bad_configuration_names_the_key_and_exits_2() {
             "api.max_offset",
         ),
         (&[("SMSRELAY_API__POOL_SIZE", "0")], "", "api.pool_size"),
+        // A database call as long as the lease: a renewal could not land in time.
+        (
+            &[("SMSRELAY_DATABASE__CALL_TIMEOUT", "30s")],
+            "",
+            "must exceed 1.5 x database.call_timeout",
+        ),
     ];
     for (env, file, key) in cases {
         let path = write_config(&format!(
@@ -942,4 +948,208 @@ fn opt_out_remove_clears_a_number_on_sqlite_and_masks_it() {
         .env("SMSRELAY_DATABASE__URL", &url));
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("number"), "{}", stderr(&bad));
+}
+
+/// PostgreSQL backends stopped with SIGSTOP: they neither answer nor reset
+/// their connections, as behind a network partition. Continued on drop, so a
+/// frozen backend never outlives the test, whatever happens in it.
+struct FrozenBackends(Vec<i32>);
+
+impl FrozenBackends {
+    /// The backends of `db` whose connection says `application_name`;
+    /// with `waiting`, only those waiting for a lock (mid-statement).
+    async fn find(db: &TestDb, application_name: &str, waiting: bool) -> Vec<i32> {
+        sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = $2
+             AND (NOT $3 OR wait_event_type = 'Lock')",
+        )
+        .bind(&db.name)
+        .bind(application_name)
+        .bind(waiting)
+        .fetch_all(&db.pool)
+        .await
+        .expect("pg_stat_activity")
+    }
+
+    /// Stops the backends `pids`.
+    fn freeze(pids: Vec<i32>) -> FrozenBackends {
+        let frozen = FrozenBackends(pids);
+        for pid in &frozen.0 {
+            let stopped = Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status()
+                .expect("kill -STOP");
+            assert!(stopped.success(), "kill -STOP {pid}");
+        }
+        frozen
+    }
+}
+
+impl Drop for FrozenBackends {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// Item 8: the backends serving the daemon stop answering, first while idle
+/// in its pool, then in the middle of an outcome write. The daemon logs it,
+/// goes on with fresh connections (a call on a stopped backend times out
+/// after database.call_timeout and its connection is closed), feeds the
+/// watchdog throughout, records each outcome once, and sends everything after
+/// the backends are continued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_database_backend_is_timed_out_and_nothing_is_recorded_twice() {
+    let watchdog = Duration::from_secs(3);
+    let longest_freeze = Duration::from_secs(30);
+    let application_name = "smsrelay-frozen-test";
+    let db = TestDb::new().await;
+    // Answers after a second, so the freeze begins while sends are in flight
+    // and their outcomes are recorded through it.
+    let provider = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(AcceptWithIdAfter(Duration::from_secs(1)))
+        .mount(&provider)
+        .await;
+    let (socket_path, socket) = notify_socket();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let notifications = record_notifications(socket, done.clone());
+    let mut first = Vec::new();
+    for n in 0..5 {
+        first.push(db.insert(1, "+254712345678", &format!("before {n}")).await);
+    }
+    let child = smsrelay()
+        .arg("run")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
+        .env(
+            "SMSRELAY_DATABASE__URL",
+            format!("{}?application_name={application_name}", db.url),
+        )
+        .env("SMSRELAY_DATABASE__CONNECT_TIMEOUT", "1s")
+        .env("SMSRELAY_DATABASE__CALL_TIMEOUT", "2s")
+        .env("SMSRELAY_API__LISTEN", "127.0.0.1:0")
+        .env("SMSRELAY_PROVIDER__KIND", "webhook")
+        .env("SMSRELAY_PROVIDER__WEBHOOK__URL", provider.uri())
+        .env("SMSRELAY_VALIDATION__DEFAULT_REGION", "KE")
+        .env("SMSRELAY_DISPATCH__POLL_INTERVAL", "50ms")
+        .env("SMSRELAY_LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start smsrelay");
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            !provider
+                .received_requests()
+                .await
+                .unwrap_or_default()
+                .is_empty()
+        })
+        .await,
+        "the first batch reached the provider"
+    );
+    let recorded_while_frozen = {
+        let frozen =
+            FrozenBackends::freeze(FrozenBackends::find(&db, application_name, false).await);
+        assert!(!frozen.0.is_empty(), "the daemon's backends were found");
+        // The outcomes are written on fresh connections while the old ones
+        // are still stopped: nothing waits for TCP to give up.
+        eventually(longest_freeze, || async {
+            for id in &first {
+                if db.status(*id).await != "sent" {
+                    return false;
+                }
+            }
+            true
+        })
+        .await
+    };
+    // Now mid-statement: the outcome write of the second batch waits for a
+    // row lock the test holds; its backend is stopped there, and the lock
+    // released, so that the stopped backend is granted it.
+    let mut after = Vec::new();
+    for n in 0..5 {
+        after.push(db.insert(1, "+254712345678", &format!("after {n}")).await);
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            received_ids(&provider).await.contains(&after[0])
+        })
+        .await,
+        "the second batch reached the provider"
+    );
+    let mut lock = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM sms WHERE id = $1 FOR UPDATE")
+        .bind(after[0])
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let waiting = loop {
+        let waiting = FrozenBackends::find(&db, application_name, true).await;
+        if !waiting.is_empty() || started.elapsed() > Duration::from_secs(30) {
+            break waiting;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        !waiting.is_empty(),
+        "the outcome write waits for the row lock"
+    );
+    {
+        let _frozen = FrozenBackends::freeze(waiting);
+        lock.commit().await.unwrap();
+        // Several call timeouts while the write stays stopped.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+    }
+    let all: Vec<i64> = first.iter().chain(&after).copied().collect();
+    let delivered = eventually(Duration::from_secs(60), || async {
+        for id in &all {
+            if db.status(*id).await != "sent" {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let (status, logs) = terminate(child);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let received = notifications.join().unwrap();
+    let _ = std::fs::remove_file(&socket_path);
+    assert!(
+        recorded_while_frozen,
+        "the first batch recorded while its backends were stopped:\n{logs}"
+    );
+    assert!(
+        delivered,
+        "every message sent once the backends continue:\n{logs}"
+    );
+    assert_eq!(status.code(), Some(0), "{logs}");
+    assert!(
+        logs.contains("database.call_timeout"),
+        "the timed-out calls are logged, naming the setting:\n{logs}"
+    );
+    let gap = longest_watchdog_gap(&received);
+    assert!(
+        gap <= watchdog / 2,
+        "a WATCHDOG=1 at least every {:?} through the freeze; longest silence {gap:?}",
+        watchdog / 2
+    );
+    let mut ids = received_ids(&provider).await;
+    ids.sort_unstable();
+    assert_eq!(ids, all, "each message reached the provider exactly once");
+    let attempts: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT sms_id, count(*) FROM sms_attempt GROUP BY sms_id ORDER BY sms_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        attempts,
+        all.iter().map(|id| (*id, 1)).collect::<Vec<_>>(),
+        "one attempt row per message"
+    );
 }

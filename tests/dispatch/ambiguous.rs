@@ -170,12 +170,29 @@ async fn at_most_once_fails_an_attempt_abandoned_by_a_crash(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let reaper = ReaperSettings {
         schedule: "* * * * * *".into(),
-        max_attempts: Guarantee::AtMostOnce.reaper_max_attempts(8),
+        max_attempts: 8,
+        guarantee: Guarantee::AtMostOnce,
         batch: 100,
     };
     reap_once(db.store.as_ref(), &reaper).await.unwrap();
     assert_eq!(db.status(id).await, "failed", "{}", backend.name());
     assert_eq!(outcomes(&db, id).await, ["abandoned"]);
+    // Said as the dispatcher says an ambiguous send under at-most-once.
+    let sms = db.store.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        sms.last_error.as_deref(),
+        Some("outcome unknown: lease of crashed-1 expired during attempt 1"),
+        "{}",
+        backend.name()
+    );
+    let (from, to, reason) = db.transitions(id).await.pop().unwrap();
+    assert_eq!((from.as_str(), to.as_str()), ("sending", "failed"));
+    assert_eq!(
+        reason,
+        "outcome unknown: lease of crashed-1 expired during attempt 1; not sent again (dispatch.guarantee = at-most-once)",
+        "{}",
+        backend.name()
+    );
 }
 
 macro_rules! on_every_backend {

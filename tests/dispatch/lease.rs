@@ -29,6 +29,7 @@ async fn a_send_slower_than_the_lease_is_renewed_and_sent_once() {
     let mut config = test_config(&db, &provider.uri());
     config.provider.timeout = Duration::from_secs(10);
     config.database.connect_timeout = Duration::from_secs(1);
+    config.database.call_timeout = Duration::from_secs(1);
     config.dispatch.lease = LEASE;
     config
         .validate()

@@ -7,6 +7,7 @@ mod support;
 mod backends;
 
 mod ambiguous;
+mod db_errors;
 mod lease;
 mod provider_health;
 
@@ -25,6 +26,7 @@ fn reaper(max_attempts: u32) -> ReaperSettings {
     ReaperSettings {
         schedule: "* * * * * *".into(),
         max_attempts,
+        guarantee: smsrelay::domain::outcome::Guarantee::AtLeastOnce,
         batch: 100,
     }
 }
@@ -658,6 +660,7 @@ async fn a_database_outage_mid_run_loses_nothing() {
     let mut config = test_config(&db, &provider.uri());
     config.dispatch.batch_size = 20;
     config.dispatch.lease = Duration::from_secs(10);
+    config.database.call_timeout = Duration::from_secs(2);
     config.housekeeping.reaper = "* * * * * *".into();
     sqlx::query(
         "INSERT INTO sms (client_id, mobile_no, message)
@@ -669,6 +672,7 @@ async fn a_database_outage_mid_run_loses_nothing() {
     let mut options = options(&db.url);
     options.pool_size = 5;
     options.connect_timeout = Duration::from_secs(1);
+    options.call_timeout = Duration::from_secs(2);
     let store = smsrelay::store::open(&options).unwrap();
     let app = smsrelay::app::Application::from_parts(&config, store, webhook(&config));
     let stop = CancellationToken::new();

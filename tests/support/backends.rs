@@ -109,6 +109,7 @@ pub fn options(url: &str) -> StoreOptions {
         url: url.to_owned(),
         pool_size: 10,
         connect_timeout: Duration::from_secs(5),
+        call_timeout: Duration::from_secs(10),
         directory: DirectoryQueries::default(),
         session: Default::default(),
     }
