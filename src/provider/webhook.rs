@@ -119,6 +119,8 @@ impl Provider for WebhookProvider {
             .post(self.url.clone())
             // Stable per message: a receiver can drop the duplicate of a retried send.
             .header("Idempotency-Key", format!("sms-{}", sms.id))
+            // Which attempt this is (1 for the first send): a receiver can tell a retry from a first send.
+            .header("X-Smsrelay-Attempt", sms.attempt.to_string())
             .json(&Body {
                 id: sms.id,
                 to: sms.to.as_str(),
