@@ -103,6 +103,10 @@ impl Fleet {
     }
 
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        // Never leave the old process behind, whatever state it is in.
+        let old = &mut self.instances[i].child;
+        let _ = old.kill();
+        let _ = old.wait();
         let generation = self.instances[i].generation + 1;
         let child = spawn(&self.config, &(self.url)(i, generation), i, generation)?;
         self.instances[i] = Instance {
