@@ -25,6 +25,7 @@
 # Knobs:
 #   SMSRELAY_TEST_THROWAWAY=1       skip 1 and 2: always start throwaway servers
 #   SMSRELAY_TEST_ONLY_PROVISION=1  provision, check connectivity, clean up, exit
+#   CHAOS_SEED=N                    seed of the short chaos run at the end (default 1)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -380,11 +381,22 @@ log "running: ${cmd[*]}"
 status=0
 "${cmd[@]}" || status=$?
 log "tests exited with status $status"
-# The whole suite (no filter given) ends with the API contract test.
+# The whole suite (no filter given) ends with the API contract test and a
+# short fault-injection run in each guarantee (README "Guarantees"):
+# CHAOS_SEED=N replays another seed.
 if (($# == 0)); then
     contract=0
     tests/contract.sh || contract=$?
     log "contract test exited with status $contract"
     ((status)) || status=$contract
+    chaos=0
+    cargo build --release --bin smsrelay --bin smsrelay-chaos || chaos=$?
+    for mode in at-least-once at-most-once; do
+        ((chaos)) && break
+        target/release/smsrelay-chaos --seed "${CHAOS_SEED:-1}" --guarantee "$mode" \
+            --messages 200 --duration 25s --settle-timeout 120s || chaos=$?
+    done
+    log "chaos run exited with status $chaos"
+    ((status)) || status=$chaos
 fi
 exit "$status"

@@ -190,6 +190,11 @@ impl HealthGated {
             // The provider decided about the message: it is working.
             SendOutcome::Accepted { .. } | SendOutcome::Permanent { .. } => {
                 state.consecutive_failures = 0;
+                // A send that was already out when the pause began ends
+                // nothing (a 429's Retry-After stands): only the probe's answer does.
+                if state.pause.is_some() && !probe {
+                    return;
+                }
                 state.backoff = Duration::ZERO;
                 if let Some(pause) = state.pause.take() {
                     self.set_paused_metric(false);
@@ -431,5 +436,27 @@ mod tests {
         };
         assert!(left > Duration::from_secs(29) && left <= Duration::from_secs(30));
         assert!(send(&gate).await.returns_unspent());
+    }
+
+    /// Found by smsrelay-chaos (seed 1): a send already out when the 429
+    /// came back answered 200 a moment later, which ended the 30 s pause at
+    /// once and the instance went on sending.
+    #[tokio::test]
+    async fn a_send_already_out_does_not_end_a_429_pause() {
+        let gate = gate(vec![]);
+        let throttled = SendOutcome::Transient {
+            error: "HTTP 429".into(),
+            http_status: Some(429),
+            retry_after: Some(Duration::from_secs(30)),
+        };
+        // Two sends admitted before any pause; the first gets the 429, the second a 200.
+        gate.observe(false, &throttled, Instant::now());
+        gate.observe(false, &accepted(), Instant::now());
+        assert!(matches!(gate.readiness(), Readiness::Paused(_)));
+        assert!(send(&gate).await.returns_unspent());
+        // The probe's answer, once the pause is over, still ends it.
+        gate.lock().pause.as_mut().unwrap().until = Instant::now();
+        assert_eq!(send(&gate).await, accepted());
+        assert!(gate.lock().pause.is_none());
     }
 }

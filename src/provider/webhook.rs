@@ -217,6 +217,8 @@ impl Provider for WebhookProvider {
         };
         // Stable per message: a receiver can drop the duplicate of a retried send.
         request = request.header("Idempotency-Key", sms.idempotency_key());
+        // Which attempt this is (1 for the first send): a receiver can tell a retry from a first send.
+        request = request.header("X-Smsrelay-Attempt", sms.attempt.to_string());
         if let Some(token) = &self.token {
             request = request.bearer_auth(token.expose());
         }

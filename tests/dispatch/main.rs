@@ -163,6 +163,19 @@ async fn transient_failure_is_retried_and_the_history_shows_both_attempts() {
         ]
     );
     assert_eq!(received_ids(&provider).await, [id, id]);
+    // Each request says which attempt it is: a receiver can tell the retry from the first send.
+    let numbered: Vec<_> = provider
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.headers
+                .get("x-smsrelay-attempt")
+                .map(|v| v.to_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(numbered, [Some("1".to_owned()), Some("2".to_owned())]);
 }
 
 #[tokio::test]
