@@ -33,8 +33,14 @@ impl Application {
     /// Builds the parts from a validated config; connects lazily, binds the API now.
     pub fn build(config: &Config) -> anyhow::Result<Self> {
         let store = store::open(&config.store_options()?)?;
+        Self::with_store(config, store)?.with_api(config)
+    }
+
+    /// Builds the parts around a given store, the provider (or providers, in
+    /// failover order) from the config (tests use this).
+    pub fn with_store(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
         let provider = config.provider.build()?;
-        Self::from_parts(config, store, provider).with_api(config)
+        Ok(Self::assemble(config, store, provider))
     }
 
     /// Binds `[api] listen` and prepares the router (no-op when the API is disabled).
@@ -94,8 +100,15 @@ impl Application {
         self.api.as_ref().and_then(|(l, _, _)| l.local_addr().ok())
     }
 
-    /// Builds the parts around a given store and provider (tests use this).
+    /// Builds the parts around a given store and provider (tests use this);
+    /// the provider goes behind its health gate, with its section's limits.
     pub fn from_parts(config: &Config, store: Arc<dyn Store>, provider: Arc<dyn Provider>) -> Self {
+        let provider = config.provider.gate(provider);
+        Self::assemble(config, store, provider)
+    }
+
+    /// The parts around a provider that is ready to send (gated, routed).
+    fn assemble(config: &Config, store: Arc<dyn Store>, provider: Arc<dyn Provider>) -> Self {
         // A send is bounded by provider.timeout; a database call waits at most
         // connect_timeout for a connection, then answers or the loop is stuck.
         let step_limit =
@@ -107,7 +120,6 @@ impl Application {
                 .guarantee
                 .reaper_max_attempts(config.dispatch.max_attempts),
         );
-        let provider = crate::provider::health::HealthGated::wrap(provider);
         let dispatcher = Arc::new(Dispatcher::new(store.clone(), provider.clone(), options));
         Self {
             store,

@@ -16,13 +16,13 @@ use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::outcome::{self, AttemptEnd, Guarantee, Lost};
+use crate::domain::outcome::{self, AttemptEnd, Guarantee, Lost, ReleaseReason};
 use crate::domain::phone::mask;
 use crate::domain::retry::RetryPolicy;
 pub use crate::domain::validation::Rules;
 use crate::domain::validation::{self, Ready};
 use crate::domain::{AttemptOutcome, ClaimedSms, NextState, Outcome};
-use crate::provider::{OutboundSms, Provider, Readiness, SendOutcome};
+use crate::provider::{OutboundSms, Provider, Readiness, SendOutcome, SentVia};
 use crate::store::{Claim, Store, StoreError};
 use heartbeat::Heartbeat;
 pub use settings::{DispatchSettings, ValidationSettings};
@@ -58,8 +58,8 @@ pub struct BatchReport {
     pub failed: usize,
     /// Outcomes refused by the fence (the row was no longer ours).
     pub stale: u64,
-    /// Claimed but never sent (shutdown began, or the provider is paused);
-    /// handed back to `pending` with the attempt undone.
+    /// Claimed but not taken by the provider (shutdown began, the provider
+    /// is paused or throttling); handed back to `pending` with the attempt undone.
     pub released: usize,
 }
 
@@ -85,16 +85,21 @@ pub struct Dispatcher {
     wake: Arc<Notify>,
 }
 
-/// The send tasks of one batch, and the claimed row (with its segment count) each one carries.
+/// A claimed row the provider did not take: (id, attempt, why).
+type Unsent = (i64, u32, ReleaseReason);
+
+/// The send tasks of one batch, and what each one carries: the claimed row,
+/// its segment count, and the provider its request went to once started.
 #[derive(Default)]
 struct InFlight {
     tasks: JoinSet<TaskEnd>,
-    rows: HashMap<tokio::task::Id, (ClaimedSms, u32)>,
+    rows: HashMap<tokio::task::Id, (ClaimedSms, u32, Arc<SentVia>)>,
 }
 
 /// The end of one send task.
 enum TaskEnd {
-    /// Shutdown began before the request started.
+    /// Shutdown began before the request started (waiting for a slot, or
+    /// for the provider's rate limit).
     NotStarted,
     Done(SendOutcome),
 }
@@ -217,14 +222,14 @@ impl Dispatcher {
     }
 
     /// Validates and sends every claimed message, at most `concurrency` at a
-    /// time. Returns one outcome per message that was refused or offered to
-    /// the provider, and the (id, attempt) of those shutdown kept from starting.
+    /// time. Returns one outcome per message that was refused or answered,
+    /// and the (id, attempt, why) of those the provider did not take.
     async fn send_batch(
         &self,
         messages: Vec<ClaimedSms>,
         stop: &CancellationToken,
         heartbeat: &Heartbeat<'_>,
-    ) -> (Vec<Outcome>, Vec<(i64, u32)>) {
+    ) -> (Vec<Outcome>, Vec<Unsent>) {
         let mut outcomes = Vec::with_capacity(messages.len());
         let mut in_flight = InFlight::default();
         let permits = Arc::new(Semaphore::new(self.options.concurrency as usize));
@@ -268,6 +273,8 @@ impl Dispatcher {
         let stop = stop.clone();
         let (id, attempt, message, segments) =
             (sms.id, sms.attempt, sms.message.clone(), ready.segments);
+        let via = Arc::new(SentVia::default());
+        let sent_via = via.clone();
         let handle = in_flight.tasks.spawn(async move {
             // Waiting for a slot is abandoned at shutdown; a started request is not.
             let _permit = tokio::select! {
@@ -283,12 +290,24 @@ impl Dispatcher {
                 segments,
             };
             let started = std::time::Instant::now();
-            let answer = provider.send(&outbound).await;
+            let send = provider.send_via(&outbound, &sent_via);
+            tokio::pin!(send);
+            let answer = tokio::select! {
+                answer = &mut send => answer,
+                // Still held back by the provider's limits: give up the wait.
+                // A request already under way is let finish (the grace period).
+                _ = stop.cancelled() => {
+                    if sent_via.provider().is_none() {
+                        return TaskEnd::NotStarted;
+                    }
+                    send.await
+                }
+            };
             metrics::histogram!("smsrelay_send_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
             TaskEnd::Done(answer)
         });
-        in_flight.rows.insert(handle.id(), (sms, segments));
+        in_flight.rows.insert(handle.id(), (sms, segments, via));
     }
 
     /// Waits for every send task and settles each one, renewing the lease of
@@ -302,9 +321,8 @@ impl Dispatcher {
         stop: &CancellationToken,
         heartbeat: &Heartbeat<'_>,
         outcomes: &mut Vec<Outcome>,
-        unsent: &mut Vec<(i64, u32)>,
+        unsent: &mut Vec<Unsent>,
     ) {
-        let provider = self.provider.name();
         let mut deadline: Option<Instant> = None;
         let mut renew_at = Instant::now() + self.renew_every();
         loop {
@@ -323,24 +341,29 @@ impl Dispatcher {
                 Ok((task_id, end)) => (task_id, Ok(end)),
                 Err(e) => (e.id(), Err(e)),
             };
-            let Some((sms, segments)) = in_flight.rows.remove(&task_id) else {
+            let Some((sms, segments, via)) = in_flight.rows.remove(&task_id) else {
                 continue;
             };
-            let end = match end {
-                Ok(TaskEnd::NotStarted) => {
-                    unsent.push((sms.id, sms.attempt));
+            let provider = via.provider();
+            let end = match (end, provider.as_deref()) {
+                // Shutdown came before the request started.
+                (Ok(TaskEnd::NotStarted), _) | (Err(_), None) => {
+                    unsent.push((sms.id, sms.attempt, ReleaseReason::Shutdown));
                     continue;
                 }
-                Ok(TaskEnd::Done(answer)) if answer.returns_unspent() => {
-                    unsent.push((sms.id, sms.attempt));
-                    continue;
-                }
-                Ok(TaskEnd::Done(answer)) => AttemptEnd::Answered {
-                    provider,
-                    segments,
-                    answer,
+                (Ok(TaskEnd::Done(answer)), provider) => match answer.unspent() {
+                    // Held back, or refused as a whole (our configuration, a 429).
+                    Some(why) => {
+                        unsent.push((sms.id, sms.attempt, why));
+                        continue;
+                    }
+                    None => AttemptEnd::Answered {
+                        provider: provider.unwrap_or(self.provider.name()),
+                        segments,
+                        answer,
+                    },
                 },
-                Err(e) => AttemptEnd::Lost {
+                (Err(e), Some(provider)) => AttemptEnd::Lost {
                     provider,
                     segments,
                     cause: if e.is_cancelled() {
@@ -458,26 +481,39 @@ impl Dispatcher {
         Ok(recorded.stale)
     }
 
-    /// Hands rows that were never sent back to `pending`; returns how many.
+    /// Hands rows the provider did not take back to `pending`, one write per
+    /// reason; returns how many.
     async fn release_unsent(
         &self,
         stop: &CancellationToken,
         heartbeat: &Heartbeat<'_>,
-        unsent: &[(i64, u32)],
+        unsent: &[Unsent],
     ) -> Result<usize, StoreError> {
-        if unsent.is_empty() {
-            return Ok(0);
-        }
         let instance = &self.options.instance;
-        let released = self
-            .with_db_retry(stop, heartbeat, "release unsent", || {
-                self.store.release(instance, unsent)
-            })
-            .await?;
-        tracing::info!(
-            released,
-            "claimed messages handed back unsent (shutdown, or the provider is paused)"
-        );
+        for why in [
+            ReleaseReason::Shutdown,
+            ReleaseReason::ProviderPaused,
+            ReleaseReason::Throttled,
+        ] {
+            let rows: Vec<(i64, u32)> = unsent
+                .iter()
+                .filter(|(_, _, w)| *w == why)
+                .map(|(id, attempt, _)| (*id, *attempt))
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let released = self
+                .with_db_retry(stop, heartbeat, "release unsent", || {
+                    self.store.release(instance, &rows, why)
+                })
+                .await?;
+            tracing::info!(
+                released,
+                reason = why.event_reason(),
+                "claimed messages handed back to pending, attempt not spent"
+            );
+        }
         Ok(unsent.len())
     }
 

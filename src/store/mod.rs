@@ -30,6 +30,8 @@ use time::OffsetDateTime;
 
 pub use settings::{DEFAULT_DATABASE_URL, DatabaseSettings};
 
+pub use crate::domain::outcome::ReleaseReason;
+
 use crate::domain::report::{DeliveryReport, ReportApplied};
 use crate::domain::{
     AttemptRecord, ClaimedSms, EventRecord, NewSms, Outcome, Recipient, SmsRecord, Status,
@@ -296,8 +298,14 @@ pub trait Queue: Send + Sync + 'static {
 /// the rows of a crashed instance.
 #[async_trait]
 pub trait Leases: Send + Sync + 'static {
-    /// Hands claimed rows that were never sent back to `pending`, undoing their attempt.
-    async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError>;
+    /// Hands claimed rows the provider never took back to `pending`, undoing
+    /// their attempt (its row goes too); the event's reason says `why`.
+    async fn release(
+        &self,
+        instance: &str,
+        claims: &[(i64, u32)],
+        why: ReleaseReason,
+    ) -> Result<u64, StoreError>;
 
     /// Extends the lease of rows `instance` is still sending to `lease` from
     /// now, in one statement. Fenced like outcomes: only a row still

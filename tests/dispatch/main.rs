@@ -9,6 +9,7 @@ mod backends;
 mod ambiguous;
 mod lease;
 mod provider_health;
+mod routing;
 
 use std::collections::HashSet;
 use std::sync::Arc;
