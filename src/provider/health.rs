@@ -346,6 +346,10 @@ impl Provider for HealthGated {
         self.inner.callback_routes(context)
     }
 
+    fn is_gated(&self) -> bool {
+        true
+    }
+
     fn readiness(&self) -> Readiness {
         let state = self.lock();
         self.gauge_started

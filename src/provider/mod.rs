@@ -91,6 +91,12 @@ pub trait Provider: Send + Sync + 'static {
         Readiness::Ready
     }
 
+    /// Whether it already sits behind its health gate (a [`health::HealthGated`],
+    /// or a router over gated members): it is never wrapped twice.
+    fn is_gated(&self) -> bool {
+        false
+    }
+
     /// Its callback routes nested under `/callbacks/<name>` (a router's: every
     /// member's); empty when it has none.
     fn callback_router(&self, context: &CallbackContext) -> axum::Router {
@@ -352,8 +358,12 @@ impl ProviderSettings {
     }
 
     /// `provider` (built by hand, as tests do) behind its health gate, with
-    /// the limits of the section named like it, if any.
+    /// the limits of the section named like it, if any; as it is when
+    /// [`ProviderSettings::build`] made it (already gated).
     pub fn gate(&self, provider: Arc<dyn Provider>) -> Arc<dyn Provider> {
+        if provider.is_gated() {
+            return provider;
+        }
         let limits = self
             .members()
             .into_iter()

@@ -62,6 +62,10 @@ impl Provider for Router {
         })
     }
 
+    fn is_gated(&self) -> bool {
+        true
+    }
+
     fn callback_router(&self, context: &CallbackContext) -> axum::Router {
         self.members
             .iter()
