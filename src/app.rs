@@ -109,10 +109,15 @@ impl Application {
 
     /// The parts around a provider that is ready to send (gated, routed).
     fn assemble(config: &Config, store: Arc<dyn Store>, provider: Arc<dyn Provider>) -> Self {
-        // A send is bounded by provider.timeout; a database call waits at most
+        // A send is bounded by provider.timeout (after waiting at most its
+        // longest rate-limit wait); a database call waits at most
         // connect_timeout for a connection, then answers or the loop is stuck.
-        let step_limit =
-            config.provider.timeout.max(config.database.connect_timeout) + Duration::from_secs(5);
+        let send_limit = config.provider.timeout.saturating_add(
+            config
+                .provider
+                .longest_rate_wait(config.validation.max_segments),
+        );
+        let step_limit = send_limit.max(config.database.connect_timeout) + Duration::from_secs(5);
         let options = config.dispatch.options(&config.validation, step_limit);
         let reaper = config.housekeeping.reaper(
             config

@@ -342,6 +342,19 @@ impl ProviderSettings {
         Ok(())
     }
 
+    /// The longest a message of `max_segments` may wait for the slowest
+    /// member's `rate_limit` before its request starts.
+    pub fn longest_rate_wait(&self, max_segments: u32) -> Duration {
+        self.members()
+            .into_iter()
+            .filter_map(|kind| self.section(kind).ok()?.limits().rate_limit)
+            .map(|rate| {
+                Duration::try_from_secs_f64(f64::from(max_segments) / rate).unwrap_or(Duration::MAX)
+            })
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
     /// Builds what sends: each member behind its health gate (with its
     /// limits), and with several, a [`router::Router`] over them in order.
     pub fn build(&self) -> Result<Arc<dyn Provider>, ConfigError> {
@@ -458,5 +471,102 @@ mod tests {
         );
         let present = Some(webhook::WebhookSettings::default());
         assert!(required_section(&present, "gateway").is_ok());
+    }
+
+    fn failover(order: Vec<ProviderKind>) -> ProviderSettings {
+        ProviderSettings {
+            order,
+            webhook: webhook::WebhookSettings {
+                url: Some("http://127.0.0.1:9/sms".into()),
+                ..Default::default()
+            },
+            kannel: Some(kannel::KannelSettings {
+                url: "http://127.0.0.1:9/cgi-bin/sendsms".into(),
+                username: "tester".into(),
+                password: Some(crate::secrets::Secret::new("foobar")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_order_builds_a_router_over_its_members() {
+        let settings = failover(vec![ProviderKind::Webhook, ProviderKind::Kannel]);
+        settings.validate().unwrap();
+        let router = settings.build().unwrap();
+        assert_eq!(router.name(), "webhook>kannel");
+        assert!(router.is_gated());
+        assert_eq!(router.readiness(), Readiness::Ready);
+    }
+
+    #[test]
+    fn order_mistakes_name_the_key() {
+        let error = |settings: ProviderSettings| settings.validate().unwrap_err().to_string();
+        let mut conflicting = failover(vec![ProviderKind::Webhook, ProviderKind::Kannel]);
+        conflicting.kind = ProviderKind::Kannel;
+        assert_eq!(
+            error(conflicting),
+            "config key `provider.kind`: names \"kannel\" but provider.order starts with \"webhook\"; leave kind out or make it the first of order"
+        );
+        assert_eq!(
+            error(failover(vec![ProviderKind::Webhook, ProviderKind::Log])),
+            "config key `provider.order`: cannot list \"log\": a dry run would mark real messages sent"
+        );
+        assert_eq!(
+            error(failover(vec![ProviderKind::Kannel, ProviderKind::Kannel])),
+            "config key `provider.order`: lists \"kannel\" twice"
+        );
+        assert_eq!(
+            error(failover(vec![ProviderKind::Kannel, ProviderKind::Twilio])),
+            "config key `provider.twilio`: section is required when provider.kind or provider.order names \"twilio\""
+        );
+        let mut slow = failover(vec![ProviderKind::Webhook, ProviderKind::Kannel]);
+        slow.kannel.as_mut().unwrap().rate_limit = Some(0.0);
+        assert_eq!(
+            error(slow),
+            "config key `provider.kannel.rate_limit`: must be a number of segments per second, at least 0.001"
+        );
+        let mut none_at_once = failover(vec![ProviderKind::Webhook]);
+        none_at_once.webhook.max_in_flight = Some(0);
+        assert_eq!(
+            error(none_at_once),
+            "config key `provider.webhook.max_in_flight`: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn order_comes_from_a_list_or_a_comma_separated_variable() {
+        let env = |value: &str| {
+            vec![(
+                std::ffi::OsString::from("SMSRELAY_PROVIDER__ORDER"),
+                std::ffi::OsString::from(value),
+            )]
+        };
+        let config: crate::Config = crate::config::load_from(None, env("webhook, kannel")).unwrap();
+        assert_eq!(
+            config.provider.order,
+            [ProviderKind::Webhook, ProviderKind::Kannel]
+        );
+        let unknown = crate::config::load_from::<crate::Config>(None, env("webhook,sms-r-us"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            unknown.starts_with(
+                "environment variable SMSRELAY_PROVIDER__ORDER: unknown variant `sms-r-us`"
+            ),
+            "{unknown}"
+        );
+        let file: ProviderSettings = toml::from_str("order = [\"twilio\", \"kannel\"]").unwrap();
+        assert_eq!(file.order, [ProviderKind::Twilio, ProviderKind::Kannel]);
+    }
+
+    #[test]
+    fn the_slowest_rate_limit_bounds_how_long_a_send_may_wait() {
+        let mut settings = failover(vec![ProviderKind::Webhook, ProviderKind::Kannel]);
+        assert_eq!(settings.longest_rate_wait(10), Duration::ZERO);
+        settings.webhook.rate_limit = Some(100.0);
+        settings.kannel.as_mut().unwrap().rate_limit = Some(0.5);
+        assert_eq!(settings.longest_rate_wait(10), Duration::from_secs(20));
     }
 }
