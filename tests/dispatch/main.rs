@@ -6,6 +6,32 @@ mod support;
 #[path = "../support/backends.rs"]
 mod backends;
 
+/// One test module per name, running `name(backend)` on SQLite, PostgreSQL and MariaDB/MySQL.
+macro_rules! on_every_backend {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                use crate::backends::Backend;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name(Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name(Backend::Postgres).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn mysql() {
+                    super::$name(Backend::MySql).await
+                }
+            }
+        )+
+    };
+}
+
 mod ambiguous;
 mod lease;
 mod provider_health;

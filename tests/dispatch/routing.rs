@@ -18,6 +18,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use super::provider_health::{drain, failing_provider, insert_many};
 use super::support::*;
+use crate::backends::{Backend, TestStore};
 
 /// 400 GSM-7 characters: three segments (153 + 153 + 94).
 fn three_segments() -> String {
@@ -227,3 +228,146 @@ async fn every_members_callback_routes_stay_served() {
     assert_eq!(status("/callbacks/kannel?sms_id=1&secret=wrong").await, 403);
     assert_eq!(status("/callbacks/twilio").await, 404, "not configured");
 }
+
+// The same on every database: the release with its reason, and the provider column.
+
+/// A config on `db` with the webhook provider at `primary`, and, given a
+/// `secondary`, Kannel there after it in `[provider] order`.
+fn backend_config(db: &TestStore, primary: &str, secondary: Option<&str>) -> Config {
+    let mut config = Config::default();
+    config.database.url = Some(Secret::new(db.url.clone()));
+    config.provider.kind = ProviderKind::Webhook;
+    config.provider.webhook.url = Some(primary.to_owned());
+    if let Some(secondary) = secondary {
+        config.provider.order = vec![ProviderKind::Webhook, ProviderKind::Kannel];
+        config.provider.kannel = Some(KannelSettings {
+            url: format!("{secondary}/cgi-bin/sendsms"),
+            username: "tester".into(),
+            password: Some(Secret::new("foobar")),
+            ..KannelSettings::default()
+        });
+    }
+    config.dispatch.instance_id = Some("routing-1".into());
+    config.dispatch.concurrency = 1;
+    config.dispatch.backoff_initial = Duration::from_millis(10);
+    config.dispatch.backoff_max = Duration::from_millis(20);
+    config.validation.default_region = Some("KE".into());
+    config.api.dev_token_file = std::path::PathBuf::new();
+    config.validate().expect("test config is valid");
+    config
+}
+
+/// Runs cycles until every message is `sent`, for at most `within`.
+async fn drain_on(app: &Application, db: &TestStore, ids: &[i64], within: Duration) -> bool {
+    let stop = tokio_util::sync::CancellationToken::new();
+    eventually(within, || async {
+        app.dispatcher.run_once(&stop).await.unwrap();
+        for &id in ids {
+            if db.status(id).await != "sent" {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+}
+
+async fn a_429_returns_the_message_unspent(backend: Backend) {
+    let Some(db) = TestStore::new(backend).await else {
+        return;
+    };
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "1"))
+        .up_to_n_times(1)
+        .mount(&provider)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(AcceptWithId)
+        .mount(&provider)
+        .await;
+    let config = backend_config(&db, &provider.uri(), None);
+    let app = Application::with_store(&config, db.store.clone()).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(db.insert(i, "+254712345678", "hello").await);
+    }
+
+    assert!(drain_on(&app, &db, &ids, Duration::from_secs(15)).await);
+    assert_eq!(provider.received_requests().await.unwrap().len(), 4);
+    let mut throttled = 0;
+    for &id in &ids {
+        let sms = db.store.get(id).await.unwrap().unwrap();
+        assert_eq!(sms.attempts, 1, "{}: message {id}", backend.name());
+        let outcomes: Vec<_> = db
+            .store
+            .attempts(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.outcome.unwrap_or_default())
+            .collect();
+        assert_eq!(outcomes, ["accepted"]);
+        throttled += db
+            .transitions(id)
+            .await
+            .iter()
+            .filter(|(_, _, reason)| reason.contains("provider throttling"))
+            .count();
+    }
+    // The one that got the 429 and the two the paused gate held back.
+    assert_eq!(throttled, 3, "{}", backend.name());
+}
+
+async fn the_attempts_show_the_failover_to_the_secondary(backend: Backend) {
+    let Some(db) = TestStore::new(backend).await else {
+        return;
+    };
+    let (primary, _healthy) = failing_provider(ResponseTemplate::new(503)).await;
+    let secondary = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(202).set_body_string("0: Accepted for delivery"))
+        .mount(&secondary)
+        .await;
+    let config = backend_config(&db, &primary.uri(), Some(&secondary.uri()));
+    let app = Application::with_store(&config, db.store.clone()).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(db.insert(i, "+254712345678", "hello").await);
+    }
+
+    assert!(drain_on(&app, &db, &ids, Duration::from_secs(15)).await);
+    let mut providers = Vec::new();
+    for &id in &ids {
+        for a in db.store.attempts(id).await.unwrap() {
+            providers.push((
+                a.provider.unwrap_or_default(),
+                a.outcome.unwrap_or_default(),
+            ));
+        }
+    }
+    let count = |p: &str, o: &str| {
+        providers
+            .iter()
+            .filter(|x| (x.0.as_str(), x.1.as_str()) == (p, o))
+            .count()
+    };
+    assert_eq!(
+        count("webhook", "transient"),
+        5,
+        "{}: {providers:?}",
+        backend.name()
+    );
+    assert_eq!(
+        count("kannel", "accepted"),
+        7,
+        "{}: {providers:?}",
+        backend.name()
+    );
+    assert_eq!(providers.len(), 12);
+}
+
+on_every_backend!(
+    a_429_returns_the_message_unspent,
+    the_attempts_show_the_failover_to_the_secondary,
+);
