@@ -102,6 +102,50 @@ async fn the_provider_never_sees_more_than_max_in_flight_requests() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_hands_back_sends_still_waiting_for_the_rate_limit_unspent() {
+    let db = TestDb::new().await;
+    let provider = accepting_provider().await;
+    let mut config = test_config(&db, &provider.uri());
+    config.dispatch.concurrency = 8;
+    config.dispatch.guarantee = smsrelay::domain::outcome::Guarantee::AtMostOnce;
+    config.dispatch.shutdown_grace = Duration::from_secs(5);
+    // One segment a second: after the first, each send waits its turn in the gate.
+    config.provider.webhook.rate_limit = Some(1.0);
+    config.validate().unwrap();
+    let ids = insert_many(&db, 6).await;
+    let app = Application::from_parts(&config, db.store(), webhook(&config));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(app.run_until_stopped(stop.clone()));
+
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !provider.received_requests().await.unwrap().is_empty()
+        })
+        .await
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(4), running)
+        .await
+        .expect("waiting sends do not hold shutdown for the grace period")
+        .unwrap()
+        .unwrap();
+
+    let received = received_ids(&provider).await;
+    assert!(received.len() < ids.len(), "the rate limit held some back");
+    for &id in &ids {
+        let sms = db.store.get(id).await.unwrap().unwrap();
+        if received.contains(&id) {
+            assert_eq!(sms.status.as_str(), "sent");
+        } else {
+            // Never offered to the provider: not `interrupted`, not failed
+            // (at-most-once), just back in the queue with its attempt.
+            assert_eq!((sms.status.as_str(), sms.attempts), ("pending", 0), "{id}");
+            assert!(db.store.attempts(id).await.unwrap().is_empty());
+        }
+    }
+}
+
 /// The webhook provider (at `primary`) first, then Kannel (at `secondary`).
 fn failover_config(db: &TestDb, primary: &str, secondary: &str) -> Config {
     let mut config = test_config(db, primary);
