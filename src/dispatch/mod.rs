@@ -271,8 +271,13 @@ impl Dispatcher {
         let provider = self.provider.clone();
         let permits = permits.clone();
         let stop = stop.clone();
-        let (id, attempt, message, segments) =
-            (sms.id, sms.attempt, sms.message.clone(), ready.segments);
+        let (id, attempt, message, send_key, segments) = (
+            sms.id,
+            sms.attempt,
+            sms.message.clone(),
+            sms.send_key.clone(),
+            ready.segments,
+        );
         let via = Arc::new(SentVia::default());
         let sent_via = via.clone();
         let handle = in_flight.tasks.spawn(async move {
@@ -288,6 +293,7 @@ impl Dispatcher {
                 to: &ready.to,
                 message: &message,
                 segments,
+                send_key: &send_key,
             };
             let started = std::time::Instant::now();
             let send = provider.send_via(&outbound, &sent_via);

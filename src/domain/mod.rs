@@ -42,6 +42,9 @@ pub struct ClaimedSms {
     pub attempt: u32,
     pub mobile_no: String,
     pub message: String,
+    /// Random, made at the first claim and kept across retries: what a
+    /// provider's idempotency key is built from.
+    pub send_key: String,
 }
 
 impl std::fmt::Debug for ClaimedSms {

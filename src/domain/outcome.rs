@@ -388,6 +388,7 @@ mod tests {
             attempt,
             mobile_no: "+254700000001".into(),
             message: "hello".into(),
+            send_key: "0123456789abcdef0123456789abcdef".into(),
         }
     }
 

@@ -431,6 +431,7 @@ mod tests {
             to: &to,
             message: "hi",
             segments: 1,
+            send_key: "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
         })
         .await
     }

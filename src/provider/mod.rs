@@ -57,6 +57,17 @@ pub struct OutboundSms<'a> {
     pub to: &'a E164,
     pub message: &'a str,
     pub segments: u32,
+    /// The message's random send key (see [`OutboundSms::idempotency_key`]).
+    pub send_key: &'a str,
+}
+
+impl OutboundSms<'_> {
+    /// The same for every attempt of one message and unique across
+    /// deployments and database restores (ids alone are not): a receiver that
+    /// drops duplicates by it drops only real duplicates.
+    pub fn idempotency_key(&self) -> String {
+        format!("sms-{}-{}", self.id, self.send_key)
+    }
 }
 
 /// Something that can send an SMS.

@@ -133,7 +133,7 @@ impl Provider for WebhookProvider {
             .client
             .post(self.url.clone())
             // Stable per message: a receiver can drop the duplicate of a retried send.
-            .header("Idempotency-Key", format!("sms-{}", sms.id))
+            .header("Idempotency-Key", sms.idempotency_key())
             .json(&Body {
                 id: sms.id,
                 to: sms.to.as_str(),

@@ -63,6 +63,9 @@ impl<'a> OutcomeRow<'a> {
 pub(super) struct AttemptRef {
     pub id: i64,
     pub attempt: i64,
+    /// A claimed row's send key (MySQL's claim writes it from here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_key: Option<String>,
 }
 
 impl AttemptRef {
@@ -73,6 +76,7 @@ impl AttemptRef {
             .map(|(id, attempt)| AttemptRef {
                 id: *id,
                 attempt: i64::from(*attempt),
+                send_key: None,
             })
             .collect()
     }
@@ -89,6 +93,7 @@ impl AttemptRef {
             .map(|m| AttemptRef {
                 id: m.id,
                 attempt: i64::from(m.attempt),
+                send_key: Some(m.send_key.clone()),
             })
             .collect()
     }

@@ -151,20 +151,23 @@ FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j";
 // instance holds. Walks sms_due_idx (status, due_at, id). A row past
 // `expires_at` is never claimed, whether or not the sweep has reached it yet.
 const CLAIM_LOCK: &str = "
-SELECT id, attempts, mobile_no, message FROM sms FORCE INDEX (sms_due_idx)
+SELECT id, attempts, mobile_no, message, send_key FROM sms FORCE INDEX (sms_due_idx)
 WHERE status = 'pending' AND due_at <= UTC_TIMESTAMP(6)
   AND (expires_at IS NULL OR expires_at > UTC_TIMESTAMP(6))
 ORDER BY due_at, id
 LIMIT ?
 FOR UPDATE SKIP LOCKED";
 
-// Step two, on the locked rows only: lease them to this instance and bump the
-// attempt. Parameters (MySQL's are positional): JSON [{id, attempt}],
+// Step two, on the locked rows only: lease them to this instance, bump the
+// attempt and keep the send key (made in Rust for a row claimed the first
+// time). Parameters (MySQL's are positional): JSON [{id, attempt, send_key}],
 // instance, lease in microseconds.
 const CLAIM: &str = "
-UPDATE sms s JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$.id', attempt INT PATH '$.attempt')) AS j
+UPDATE sms s JOIN JSON_TABLE(?, '$[*]' COLUMNS (
+        id BIGINT PATH '$.id', attempt INT PATH '$.attempt', send_key VARCHAR(64) PATH '$.send_key')) AS j
     ON s.id = j.id
 SET s.status = 'sending',
+    s.send_key = COALESCE(s.send_key, j.send_key),
     s.locked_by = ?,
     s.lease_expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND,
     s.attempts = j.attempt,

@@ -99,10 +99,11 @@ claimed AS (
         locked_by = $2,
         lease_expires_at = now() + $3::bigint * interval '1 millisecond',
         attempts = sms.attempts + 1,
+        send_key = COALESCE(sms.send_key, md5(random()::text || clock_timestamp()::text || sms.id::text)),
         updated_at = now()
     FROM due
     WHERE sms.id = due.id
-    RETURNING sms.id, sms.attempts, sms.mobile_no, sms.message
+    RETURNING sms.id, sms.attempts, sms.mobile_no, sms.message, sms.send_key
 ),
 attempt AS (
     INSERT INTO sms_attempt (sms_id, attempt, instance)
@@ -112,7 +113,7 @@ event AS (
     INSERT INTO sms_event (sms_id, from_status, to_status, reason)
     SELECT id, 'pending', 'sending', 'claimed by ' || $2 || ' for attempt ' || attempts FROM claimed
 )
-SELECT id, attempts, mobile_no, message FROM claimed ORDER BY id";
+SELECT id, attempts, mobile_no, message, send_key FROM claimed ORDER BY id";
 
 // Outcomes arrive as one JSON array (batch::OutcomeRow). The WHERE
 // clause is the fence: only a row still `sending` under this attempt and this

@@ -217,6 +217,7 @@ impl ClaimedRows {
                     attempt,
                     mobile_no,
                     message,
+                    send_key: r.opt_text("send_key")?.unwrap_or_else(new_send_key),
                 }),
                 (Err(e), _) | (_, Err(e)) => {
                     let reason = match e {
@@ -249,6 +250,7 @@ impl ClaimedRows {
         refs.extend(self.unreadable.iter().map(|o| AttemptRef {
             id: o.id,
             attempt: i64::from(o.attempt),
+            send_key: None,
         }));
         refs
     }
@@ -268,6 +270,12 @@ impl ClaimedRows {
             expired,
         }
     }
+}
+
+/// A send key for a row claimed the first time where the claim cannot make
+/// one in SQL (MySQL reads before it updates): 128 random bits as hex.
+fn new_send_key() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// One attempt of message `id`, from the [`ATTEMPT_COLUMNS`].

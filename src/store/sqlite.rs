@@ -146,6 +146,7 @@ UPDATE sms SET
     locked_by = ?2,
     lease_expires_at = ?1 + ?3,
     attempts = attempts + 1,
+    send_key = COALESCE(send_key, lower(hex(randomblob(16)))),
     updated_at = ?1
 WHERE id IN (
     SELECT id FROM sms
@@ -153,7 +154,7 @@ WHERE id IN (
       AND (expires_at IS NULL OR expires_at > ?1)
     ORDER BY due_at, id
     LIMIT ?4)
-RETURNING id, attempts, mobile_no, message";
+RETURNING id, attempts, mobile_no, message, send_key";
 
 // ?1 = JSON [{id, attempt}], ?2 = instance, ?3 = now.
 const CLAIM_ATTEMPTS: &str = "
@@ -556,6 +557,7 @@ impl Leases for SqliteStore {
             reaped.push(AttemptRef {
                 id,
                 attempt: row.try_get("attempts")?,
+                send_key: None,
             });
             ids.push(id);
         }

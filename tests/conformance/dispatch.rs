@@ -21,6 +21,7 @@ conformance!(
     two_dispatchers_send_each_message_exactly_once,
     an_expired_backlog_never_reaches_the_provider,
     rows_with_unsendable_text_are_declined_and_the_rest_sent,
+    the_idempotency_key_is_stable_per_message_and_unique_across_databases,
 );
 
 /// A config for `db` with the webhook provider at `provider_url` and fast retries.
@@ -319,4 +320,61 @@ async fn rows_with_unsendable_text_are_declined_and_the_rest_sent(db: TestStore)
         assert_eq!(sms.last_error.as_deref(), Some(reason), "{id}");
     }
     assert_eq!(received_ids(&provider).await, [good]);
+}
+
+/// Every attempt of one message carries the same `Idempotency-Key`, and the
+/// same id in another database (another deployment, or this one restored
+/// from a backup) carries a different one: a receiver that drops duplicates
+/// by key drops only real duplicates.
+async fn the_idempotency_key_is_stable_per_message_and_unique_across_databases(db: TestStore) {
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&provider)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(AcceptWithId)
+        .mount(&provider)
+        .await;
+    let restored = TestStore::new(db.backend).await.expect("a second database");
+    let first = db.insert(1, "+254712345678", "hello").await;
+    let again = restored.insert(1, "+254712345678", "hello").await;
+    assert_eq!(first, again, "both databases hand out the same first id");
+
+    for store in [&db, &restored] {
+        let config = config(store, &provider.uri());
+        let dispatcher = dispatcher(store, &config);
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                dispatcher
+                    .run_once(&CancellationToken::new())
+                    .await
+                    .unwrap();
+                store.status(first).await == "sent"
+            })
+            .await
+        );
+    }
+    let keys: Vec<String> = provider
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.headers["idempotency-key"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        keys.len(),
+        3,
+        "a 503, its retry, and the other database's send"
+    );
+    assert_eq!(keys[0], keys[1], "a retry carries its message's key");
+    assert_ne!(
+        keys[1], keys[2],
+        "the same id in another database is another message"
+    );
+    assert!(
+        keys.iter().all(|k| k.starts_with(&format!("sms-{first}-"))),
+        "{keys:?}"
+    );
 }

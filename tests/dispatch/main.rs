@@ -80,9 +80,11 @@ async fn happy_path_sends_records_and_tells_the_whole_story() {
         body,
         serde_json::json!({"id": id, "to": "+254712345678", "message": "Your loan repayment is due"})
     );
-    assert_eq!(
-        requests[0].headers.get("idempotency-key").unwrap(),
-        &format!("sms-{id}")
+    let key = requests[0].headers["idempotency-key"].to_str().unwrap();
+    let send_key = key.strip_prefix(&format!("sms-{id}-")).unwrap_or_default();
+    assert!(
+        send_key.len() == 32 && send_key.bytes().all(|b| b.is_ascii_hexdigit()),
+        "key {key}: sms-<id>-<128 random bits in hex>"
     );
 
     let sms = db.store.get(id).await.unwrap().unwrap();

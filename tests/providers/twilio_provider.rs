@@ -53,6 +53,7 @@ async fn send(provider: &TwilioProvider, text: &str) -> SendOutcome {
             to: &to,
             message: text,
             segments: 1,
+            send_key: "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
         })
         .await
 }
