@@ -1,6 +1,9 @@
-//! SMS providers behind one trait. `[provider] kind` picks one; its own
-//! `[provider.<name>]` section configures it, and nothing else of the
-//! configuration reaches it.
+//! SMS providers behind one trait. `[provider] kind` picks one, or
+//! `[provider] order` several for failover ([`router::Router`]); each one's
+//! own `[provider.<name>]` section configures it, and nothing else of the
+//! configuration reaches it. Every provider that sends sits behind its
+//! health gate ([`health::HealthGated`]), which also enforces the section's
+//! `rate_limit` and `max_in_flight` ([`SendLimits`]).
 //!
 //! A provider is three things, all in its own file:
 //! - its settings section, a serde struct implementing [`ProviderSection`]:
@@ -18,12 +21,14 @@
 //!    `Serialize`, `Deserialize`, `#[serde(deny_unknown_fields, default)]`,
 //!    secrets as [`crate::secrets::Secret`] with a `*_credential` twin),
 //!    `impl ProviderSection for TwilioSettings`, and `TwilioProvider`
-//!    implementing [`Provider`]. Test it against a wiremock server.
+//!    implementing [`Provider`]. Test it against a wiremock server. Give the
+//!    section `rate_limit: Option<f64>` and `max_in_flight: Option<u32>`
+//!    and return them from [`ProviderSection::limits`]: its gate enforces them.
 //! 2. Here, one line each: `pub mod twilio;`; a `Twilio` variant in
 //!    [`ProviderKind`] and its name in [`ProviderKind::as_str`]; a
 //!    `pub twilio: twilio::TwilioSettings` field in [`ProviderSettings`] and
 //!    in its `Default`; `ProviderKind::Twilio => &self.twilio` in
-//!    `ProviderSettings::selected`. A section without sensible defaults is an
+//!    `ProviderSettings::section`. A section without sensible defaults is an
 //!    `Option<TwilioSettings>` (with `skip_serializing_if = "Option::is_none"`)
 //!    selected by `required_section(&self.twilio, "twilio")?`.
 //! 3. Document every key of `[provider.twilio]` in `config/smsrelay.toml`

@@ -3,7 +3,10 @@
 //! paused (a configuration refusal, throttling) or its circuit is open, sends
 //! go to the next; when its pause ends, its probe is the next send, and once
 //! the probe is answered sends go back to it. The member that got the request
-//! is recorded on the attempt ([`SentVia`]).
+//! is recorded on the attempt ([`SentVia`]). A failure that pauses a member
+//! (its failed probe, the one that opens its circuit) and did not reach it
+//! is sent on to the next member at once, so a dead first provider costs no
+//! message an attempt; other failures are the attempt's answer.
 
 use std::sync::Arc;
 
@@ -42,7 +45,8 @@ impl Provider for Router {
 
     async fn send_via(&self, sms: &OutboundSms<'_>, via: &SentVia) -> SendOutcome {
         let mut held_back = None;
-        for member in &self.members {
+        for (i, member) in self.members.iter().enumerate() {
+            let last = i + 1 == self.members.len();
             if matches!(member.readiness(), Readiness::Paused(_)) {
                 continue;
             }
@@ -51,6 +55,21 @@ impl Provider for Router {
             // pause began meanwhile): the member was not asked, try the next.
             if answer.was_held_back() {
                 held_back.get_or_insert(answer);
+                continue;
+            }
+            // This answer paused the member (a failed probe, the failure that
+            // opened its circuit, a 429, a refused configuration) and the
+            // member did not take the message (never a lost answer): the next
+            // member takes it rather than it spending an attempt.
+            let not_taken = matches!(
+                answer,
+                SendOutcome::Transient { .. }
+                    | SendOutcome::ProviderUnavailable {
+                        cause: Unavailable::Configuration,
+                        ..
+                    }
+            );
+            if not_taken && !last && matches!(member.readiness(), Readiness::Paused(_)) {
                 continue;
             }
             return answer;
@@ -105,7 +124,9 @@ mod tests {
     struct Fixed {
         name: &'static str,
         answer: SendOutcome,
-        readiness: Readiness,
+        readiness: Mutex<Readiness>,
+        /// Its readiness after a send (a failure that pauses it).
+        after_send: Option<Readiness>,
         sends: Mutex<u32>,
     }
 
@@ -116,10 +137,13 @@ mod tests {
         }
         async fn send(&self, _sms: &OutboundSms<'_>) -> SendOutcome {
             *self.sends.lock().unwrap() += 1;
+            if let Some(after) = self.after_send {
+                *self.readiness.lock().unwrap() = after;
+            }
             self.answer.clone()
         }
         fn readiness(&self) -> Readiness {
-            self.readiness
+            *self.readiness.lock().unwrap()
         }
     }
 
@@ -127,7 +151,8 @@ mod tests {
         Arc::new(Fixed {
             name,
             answer,
-            readiness,
+            readiness: Mutex::new(readiness),
+            after_send: None,
             sends: Mutex::new(0),
         })
     }
@@ -197,6 +222,30 @@ mod tests {
         let router = Router::new(vec![a, b.clone()]);
         assert_eq!(send(&router).await, (failure, Some("a".into())));
         assert_eq!(*b.sends.lock().unwrap(), 0, "one request per attempt");
+    }
+
+    #[tokio::test]
+    async fn a_failure_that_pauses_a_member_goes_on_to_the_next() {
+        let failure = SendOutcome::Transient {
+            error: "HTTP 503".into(),
+            http_status: Some(503),
+            retry_after: None,
+        };
+        let pausing = |name| {
+            Arc::new(Fixed {
+                name,
+                answer: failure.clone(),
+                readiness: Mutex::new(Readiness::ProbeOnly),
+                after_send: Some(Readiness::Paused(Duration::from_secs(10))),
+                sends: Mutex::new(0),
+            })
+        };
+        let b = member("b", accepted(), Readiness::Ready);
+        let router = Router::new(vec![pausing("a"), b.clone()]);
+        assert_eq!(send(&router).await, (accepted(), Some("b".into())));
+        // The last member has no one after it: its failure is the answer.
+        let router = Router::new(vec![pausing("a"), pausing("c")]);
+        assert_eq!(send(&router).await, (failure, Some("c".into())));
     }
 
     #[tokio::test]

@@ -241,8 +241,9 @@ FROM JSON_TABLE(?, '$[*]' COLUMNS (
         id BIGINT PATH '$.id', next_status VARCHAR(16) PATH '$.next_status',
         reason TEXT PATH '$.reason')) AS i";
 
-// Rows the provider never took (shutdown, a paused or throttling provider): back to `pending` as if never
-// claimed. Parameters: JSON [{id, attempt}] that passed the fence, instance.
+// Rows the provider never took (shutdown, a paused or throttling provider):
+// back to `pending` as if never claimed. Parameters: JSON [{id, attempt}]
+// that passed the fence, instance.
 const RELEASE: &str = "
 UPDATE sms s JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$.id', attempt INT PATH '$.attempt')) AS i
     ON s.id = i.id

@@ -215,8 +215,9 @@ INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
 SELECT value ->> '$.id', 'sending', value ->> '$.next_status', value ->> '$.reason', ?2
 FROM json_each(?1)";
 
-// Rows the provider never took (shutdown, a paused or throttling provider): back to `pending` as if never
-// claimed. ?1 = JSON [{id, attempt}], ?2 = instance, ?3 = now.
+// Rows the provider never took (shutdown, a paused or throttling provider):
+// back to `pending` as if never claimed.
+// ?1 = JSON [{id, attempt}], ?2 = instance, ?3 = now.
 const RELEASE: &str = "
 UPDATE sms SET
     status = 'pending',
