@@ -64,14 +64,23 @@ impl Application {
             );
             Authenticator::default()
         };
+        // The API's pools are its own: however many of its requests wait on a
+        // slow query or a lock, the dispatcher's connections stay free.
+        let api_store = store::open(&config.api_store_options()?)?;
+        let reads = match config.api_read_store_options()? {
+            Some(replica) => store::open(&replica)?,
+            None => api_store.clone(),
+        };
         let state = ApiState {
-            store: self.store.clone(),
+            store: api_store.clone(),
+            reads,
             auth: Arc::new(auth),
             wake: self.dispatcher.waker(),
             rules: self.dispatcher.rules(),
             body_read_timeout: config.api.body_read_timeout,
             default_limit: config.api.default_limit,
             max_limit: config.api.max_limit,
+            max_offset: config.api.max_offset,
             metrics: crate::api::metrics::install(),
         };
         let listener = std::net::TcpListener::bind(config.api.listen).map_err(|e| {
@@ -83,9 +92,7 @@ impl Application {
         listener.set_nonblocking(true)?;
         let callbacks = crate::provider::callback_router(
             self.provider.as_ref(),
-            &CallbackContext {
-                store: self.store.clone(),
-            },
+            &CallbackContext { store: api_store },
         );
         self.api = Some((
             listener,
@@ -216,6 +223,24 @@ pub async fn wait_for_database(
 }
 
 /// `smsrelay migrate`: applies migrations once the database answers.
+/// `smsrelay opt-out remove <number>`: clears the number's opt-out and says
+/// whether there was one (on stdout, the number masked).
+pub async fn remove_opt_out(config: &Config, number: &str) -> anyhow::Result<()> {
+    let rules = config.validation.rules();
+    let number = crate::domain::phone::E164::parse(number, rules.default_region)
+        .map_err(|e| anyhow::anyhow!("number: {e}"))?;
+    let key = crate::domain::opt_out::OptOutKey::of(&number);
+    let mut options = config.store_options()?;
+    options.pool_size = 1;
+    let store = store::open(&options)?;
+    if store.remove_opt_out(&key).await? {
+        println!("opt-out of {number} removed: messages to it will be sent again");
+    } else {
+        println!("{number} was not opted out; nothing changed");
+    }
+    Ok(())
+}
+
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     let mut options = config.store_options()?;
     options.pool_size = 1;

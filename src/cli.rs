@@ -1,4 +1,4 @@
-//! Command line: `smsrelay [--config FILE] <run|migrate|check-config>`.
+//! Command line: `smsrelay [--config FILE] <run|migrate|check-config|demo|token|opt-out>`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +33,19 @@ pub enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage the list of recipients who unsubscribed.
+    #[command(subcommand)]
+    OptOut(OptOutCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OptOutCommand {
+    /// Clear a number's opt-out (the recipient subscribed again), so that
+    /// messages to it are sent again. National forms use validation.default_region.
+    Remove {
+        /// The phone number, in any form the platform stores it.
+        number: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,6 +106,9 @@ pub fn execute(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Migrate => crate::app::migrate(&config).await,
             Command::Demo => crate::demo::run(config.clone()).await,
+            Command::OptOut(OptOutCommand::Remove { number }) => {
+                crate::app::remove_opt_out(&config, &number).await
+            }
             _ => {
                 let stop = CancellationToken::new();
                 crate::shutdown::cancel_on_signal(stop.clone())?;

@@ -12,7 +12,7 @@ use crate::config::ConfigError;
 use crate::dispatch::{DispatchSettings, ValidationSettings};
 use crate::housekeeping::HousekeepingSettings;
 use crate::provider::ProviderSettings;
-use crate::store::{DatabaseSettings, DirectoryQueries, StoreOptions};
+use crate::store::{DatabaseSettings, DirectoryQueries, Session, StoreOptions};
 use crate::telemetry::LogSettings;
 
 /// The whole effective configuration.
@@ -54,8 +54,30 @@ impl Config {
         crate::config::to_toml(self)
     }
 
-    /// How to open the store, with the URL resolved.
+    /// How to open the dispatcher's store, with the URL resolved.
     pub fn store_options(&self) -> Result<StoreOptions, ConfigError> {
         StoreOptions::from_settings(&self.database, &self.directory)
+    }
+
+    /// The API's own pool on the primary: POST /sms (its directory lookup and
+    /// idempotency check included), delivery reports, readiness.
+    pub fn api_store_options(&self) -> Result<StoreOptions, ConfigError> {
+        Ok(StoreOptions {
+            pool_size: self.api.pool_size,
+            session: Session::api(self.api.effective_statement_timeout()),
+            ..self.store_options()?
+        })
+    }
+
+    /// The API's pool for reads on `database.read_url`, when one is set.
+    pub fn api_read_store_options(&self) -> Result<Option<StoreOptions>, ConfigError> {
+        let Some(url) = self.database.read_url()? else {
+            return Ok(None);
+        };
+        Ok(Some(StoreOptions {
+            url: url.expose().to_owned(),
+            session: Session::api_reads(self.api.effective_statement_timeout()),
+            ..self.api_store_options()?
+        }))
     }
 }

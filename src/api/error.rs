@@ -127,6 +127,18 @@ impl ApiError {
         }
     }
 
+    /// 503 when the database cut an API query off at `api.statement_timeout`.
+    pub fn statement_timed_out() -> Self {
+        Self {
+            retry_after: Some(5),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "error.msg.database.statement.timeout",
+                "The database query took longer than api.statement_timeout allows; narrow the filters or use cursor paging, or try again shortly",
+            )
+        }
+    }
+
     /// 408 when the body does not arrive within `api.body_read_timeout`.
     pub fn body_timed_out() -> Self {
         Self::new(
@@ -158,7 +170,10 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        if e.is_transient() {
+        if e.is_statement_timeout() {
+            tracing::warn!("API query cut off at api.statement_timeout");
+            ApiError::statement_timed_out()
+        } else if e.is_transient() {
             tracing::warn!(error = %e, "API request failed: database unavailable");
             ApiError::unavailable()
         } else if let StoreError::Directory(_) = &e {

@@ -57,7 +57,7 @@ pub async fn track(request: Request, next: Next) -> Response {
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<ApiState>) -> Response {
-    match state.store.stats().await {
+    match state.reads.stats().await {
         Ok(stats) => {
             for (status, count) in stats.by_status {
                 metrics::gauge!("smsrelay_messages", "status" => status.as_str()).set(count as f64);

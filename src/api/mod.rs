@@ -31,7 +31,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::domain::validation::Rules;
-use crate::store::Store;
+use crate::store::{Messages, Store};
 use auth::Authenticator;
 use error::ApiError;
 use settings::ApiSettings;
@@ -39,7 +39,12 @@ use settings::ApiSettings;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct ApiState {
+    /// The API's pool on the primary: writes, and reads that must see them
+    /// (POST /sms's directory lookup, idempotency check and reply; readiness).
     pub store: Arc<dyn Store>,
+    /// Where GET /sms, GET /sms/{id} and /metrics read: `database.read_url`
+    /// when set (it may lag the primary), else the same pool as `store`.
+    pub reads: Arc<dyn Messages>,
     pub auth: Arc<Authenticator>,
     /// Wakes the dispatcher after POST /sms so it does not wait for its next poll.
     pub wake: Arc<Notify>,
@@ -48,6 +53,8 @@ pub struct ApiState {
     pub body_read_timeout: Duration,
     pub default_limit: u32,
     pub max_limit: u32,
+    /// Deepest accepted `offset` (`api.max_offset`).
+    pub max_offset: u64,
     pub metrics: Option<PrometheusHandle>,
 }
 
@@ -93,13 +100,13 @@ fn documented_routes() -> OpenApiRouter<ApiState> {
 
 /// The OpenAPI document as served at `/openapi.json`: generated from the
 /// handlers, then given the exact input rules the handlers apply.
-pub fn openapi_document() -> serde_json::Value {
-    document(documented_routes().into_openapi())
+pub fn openapi_document(config: &ApiSettings) -> serde_json::Value {
+    document(documented_routes().into_openapi(), config)
 }
 
-fn document(generated: utoipa::openapi::OpenApi) -> serde_json::Value {
+fn document(generated: utoipa::openapi::OpenApi, config: &ApiSettings) -> serde_json::Value {
     let mut document = serde_json::to_value(generated).unwrap_or_default();
-    openapi::exact_input(&mut document);
+    openapi::exact_input(&mut document, config);
     document
 }
 
@@ -107,7 +114,7 @@ fn document(generated: utoipa::openapi::OpenApi) -> serde_json::Value {
 /// (under `/callbacks/<name>`); they authenticate their callers themselves.
 pub fn router(state: ApiState, config: &ApiSettings, callbacks: Router) -> Router {
     let (router, generated) = documented_routes().split_for_parts();
-    let openapi = Arc::new(document(generated));
+    let openapi = Arc::new(document(generated, config));
     router
         .route(
             "/openapi.json",

@@ -4,22 +4,23 @@
 
 use serde_json::{Value, json};
 
-use super::sms::{CURSOR_PATTERN, MAX_IDEMPOTENCY_KEY, MAX_OFFSET, ORDER_BY, SORT_ORDER_PATTERN};
+use super::settings::ApiSettings;
+use super::sms::{CURSOR_PATTERN, MAX_IDEMPOTENCY_KEY, ORDER_BY, SORT_ORDER_PATTERN};
 use crate::domain::Status;
 use crate::domain::text::{message_pattern, printable_pattern};
 
 /// Dates and instants the filters take: years 1000 to 9999 (checked in full by the server).
 const YEAR_1000_TO_9999: &str = "^[1-9][0-9]{3}-";
 
-/// Adds the input rules to the generated document.
-pub fn exact_input(document: &mut Value) {
+/// Adds the input rules to the generated document, with the configured limits.
+pub fn exact_input(document: &mut Value, config: &ApiSettings) {
     if let Some(parameters) = document
         .pointer_mut("/paths/~1sms/get/parameters")
         .and_then(Value::as_array_mut)
     {
         for parameter in parameters {
             let name = parameter["name"].as_str().unwrap_or_default().to_owned();
-            if let Some(schema) = list_parameter_schema(&name) {
+            if let Some(schema) = list_parameter_schema(&name, config) {
                 parameter["schema"] = schema;
             }
         }
@@ -64,13 +65,13 @@ fn status_names() -> Vec<&'static str> {
 }
 
 /// The schema of a `GET /sms` parameter, where the generated one is too loose.
-fn list_parameter_schema(name: &str) -> Option<Value> {
+fn list_parameter_schema(name: &str, config: &ApiSettings) -> Option<Value> {
     let date =
         |format: &str| json!({"type": "string", "format": format, "pattern": YEAR_1000_TO_9999});
     Some(match name {
-        // Every database takes the offset as a signed 64-bit number.
+        // As deep as api.max_offset allows; deeper pages use the cursor.
         "offset" => {
-            json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_OFFSET})
+            json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": config.max_offset})
         }
         "limit" => json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": u32::MAX}),
         "orderBy" => {

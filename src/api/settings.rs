@@ -18,6 +18,15 @@ pub struct ApiSettings {
     pub default_limit: u32,
     /// Larger `limit` values are capped to this.
     pub max_limit: u32,
+    /// Deepest `offset` GET /sms accepts (400 beyond: deeper pages use cursor paging).
+    pub max_offset: u64,
+    /// Connections of the API's own pool on the primary (and, with
+    /// `database.read_url`, of its pool on the replica); never the dispatcher's.
+    pub pool_size: u32,
+    /// Longest an API query may run before the database cuts it off (503);
+    /// capped at `request_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
     #[serde(with = "humantime_serde")]
@@ -46,6 +55,9 @@ impl Default for ApiSettings {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
             default_limit: 200,
             max_limit: 1000,
+            max_offset: 10_000,
+            pool_size: 4,
+            statement_timeout: Duration::from_secs(5),
             body_limit: 16 * 1024,
             request_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
@@ -93,6 +105,12 @@ pub struct TokenSettings {
 }
 
 impl ApiSettings {
+    /// The statement timeout the API's pools apply: a query never outlives
+    /// the request waiting for it.
+    pub fn effective_statement_timeout(&self) -> Duration {
+        self.statement_timeout.min(self.request_timeout)
+    }
+
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_limit == 0 {
@@ -103,6 +121,18 @@ impl ApiSettings {
                 "api.default_limit",
                 "must be between 1 and api.max_limit",
             ));
+        }
+        if self.max_offset > crate::api::sms::MAX_OFFSET {
+            return Err(invalid(
+                "api.max_offset",
+                format!("must be at most {}", crate::api::sms::MAX_OFFSET),
+            ));
+        }
+        if self.pool_size == 0 {
+            return Err(invalid("api.pool_size", "must be at least 1"));
+        }
+        if self.statement_timeout.is_zero() {
+            return Err(invalid("api.statement_timeout", "must be more than 0s"));
         }
         if self.body_limit < 256 {
             return Err(invalid("api.body_limit", "must be at least 256 bytes"));

@@ -209,7 +209,7 @@ pub struct CreatedSms {
 #[serde(rename_all = "camelCase")]
 #[allow(dead_code)]
 pub struct ListParams {
-    /// Rows to skip (offset paging). Not with `cursor`.
+    /// Rows to skip (offset paging), at most `api.max_offset` (10000 by default; deeper: use `cursor`). Not with `cursor`.
     #[param(value_type = Option<i64>, minimum = 0)]
     offset: Option<u64>,
     /// Page size; default `api.default_limit` (200), larger values are capped at `api.max_limit`.
@@ -396,11 +396,13 @@ fn decode_cursor(value: &str) -> Result<Option<(bool, Option<i64>)>, ApiError> {
     Ok(Some((descending, after)))
 }
 
-/// Parses the raw query of `GET /sms`, naming any parameter it refuses.
+/// Parses the raw query of `GET /sms`, naming any parameter it refuses;
+/// `max_offset` is `api.max_offset`.
 pub fn parse_list_query(
     raw: Option<&str>,
     default_limit: u32,
     max_limit: u32,
+    max_offset: u64,
 ) -> Result<SmsQuery, ApiError> {
     let mut filter = SmsFilter::default();
     let mut offset = None;
@@ -506,14 +508,15 @@ pub fn parse_list_query(
     // createdTo before createdFrom is an empty range: it matches no row.
     let limit = limit.unwrap_or(default_limit.min(max_limit));
     let Some(cursor) = cursor else {
+        let offset = offset.unwrap_or(0);
+        if offset > max_offset {
+            return Err(too_deep(offset, max_offset));
+        }
         return Ok(SmsQuery {
             filter,
             order_by: order_by.unwrap_or_default(),
             descending: sort_order.unwrap_or(false),
-            paging: Paging::Offset {
-                offset: offset.unwrap_or(0),
-                limit,
-            },
+            paging: Paging::Offset { offset, limit },
         });
     };
     if offset.is_some() {
@@ -552,6 +555,19 @@ pub fn parse_list_query(
     })
 }
 
+/// The 400 for an offset beyond `api.max_offset`: the database would read
+/// and throw away every row before the page, so deep pages use the cursor.
+fn too_deep(offset: u64, max_offset: u64) -> ApiError {
+    bad(
+        "offset",
+        &offset.to_string(),
+        format!(
+            "offset {offset} is beyond api.max_offset ({max_offset}): the database would read and discard every row before the page; \
+             page through deep results with cursor paging instead (cursor= for the first page, then each page's nextCursor)"
+        ),
+    )
+}
+
 /// List messages, filtered and paged.
 #[utoipa::path(
     get, path = "/sms", tag = "sms",
@@ -562,7 +578,7 @@ pub fn parse_list_query(
         (status = 400, description = "A query parameter was refused", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks sms:read", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 503, description = "Database unavailable, or the query ran longer than api.statement_timeout", body = ErrorBody),
     )
 )]
 pub async fn list_sms(
@@ -571,8 +587,13 @@ pub async fn list_sms(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<SmsPage>, ApiError> {
     caller.require(Scope::Read)?;
-    let query = parse_list_query(raw.as_deref(), state.default_limit, state.max_limit)?;
-    let page = state.store.list(&query).await?;
+    let query = parse_list_query(
+        raw.as_deref(),
+        state.default_limit,
+        state.max_limit,
+        state.max_offset,
+    )?;
+    let page = state.reads.list(&query).await?;
     let next_cursor = match query.paging {
         Paging::Keyset { .. } if page.has_more => page
             .items
@@ -598,7 +619,7 @@ pub async fn list_sms(
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Token lacks sms:read", body = ErrorBody),
         (status = 404, description = "No such message", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 503, description = "Database unavailable, or the query ran longer than api.statement_timeout", body = ErrorBody),
     )
 )]
 pub async fn get_sms(
@@ -619,11 +640,11 @@ pub async fn get_sms(
         }
     };
     let record =
-        state.store.get(id).await?.ok_or_else(|| {
+        state.reads.get(id).await?.ok_or_else(|| {
             ApiError::not_found(format!("SMS with identifier {id} does not exist"))
         })?;
-    let attempts = state.store.attempts(id).await?;
-    let events = state.store.events(id).await?;
+    let attempts = state.reads.attempts(id).await?;
+    let events = state.reads.events(id).await?;
     Ok(Json(SmsDetail {
         item: record.into(),
         attempt_history: attempts.into_iter().map(AttemptItem::from).collect(),
@@ -684,7 +705,7 @@ fn idempotency_key(headers: &HeaderMap, caller: &Caller) -> Result<Option<String
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 422, description = "No usable mobile number on record, or Idempotency-Key reused for another request", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 503, description = "Database unavailable, or the query ran longer than api.statement_timeout", body = ErrorBody),
     )
 )]
 pub async fn create_sms(
@@ -754,6 +775,7 @@ pub async fn create_sms(
             idempotency_key,
         })
         .await?;
+    // From the primary: a replica may not have the row yet.
     let record = state
         .store
         .get(enqueued.id)
@@ -801,7 +823,7 @@ mod tests {
     use super::*;
 
     fn parse(q: &str) -> Result<SmsQuery, ApiError> {
-        parse_list_query(Some(q), 200, 1000)
+        parse_list_query(Some(q), 200, 1000, 10_000)
     }
 
     #[test]

@@ -7,7 +7,7 @@
 pub mod heartbeat;
 pub mod settings;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::opt_out::OptOutKey;
 use crate::domain::outcome::{self, AttemptEnd, Guarantee, Lost, ReleaseReason};
 use crate::domain::phone::mask;
 use crate::domain::retry::RetryPolicy;
@@ -234,9 +235,10 @@ impl Dispatcher {
         let mut in_flight = InFlight::default();
         let permits = Arc::new(Semaphore::new(self.options.concurrency as usize));
         let batch: Vec<(i64, u32)> = messages.iter().map(|m| (m.id, m.attempt)).collect();
+        let mut valid = Vec::with_capacity(messages.len());
         for sms in messages {
             match validation::validate(&sms, &self.options.rules) {
-                Ok(ready) => self.spawn_send(&mut in_flight, sms, ready, &permits, stop),
+                Ok(ready) => valid.push((sms, ready)),
                 Err(refusal) => outcomes.push(self.settle(
                     &sms,
                     AttemptEnd::Refused {
@@ -244,6 +246,27 @@ impl Dispatcher {
                         segments: refusal.segments,
                     },
                 )),
+            }
+        }
+        // Recipients who unsubscribed are declined before any request.
+        let keys: Vec<OptOutKey> = valid.iter().map(|(_, r)| OptOutKey::of(&r.to)).collect();
+        let opted_out = match heartbeat.during(opted_out_among(&*self.store, &keys)).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the opt-out list; the batch goes back to pending");
+                let unsent = valid
+                    .iter()
+                    .map(|(m, _)| (m.id, m.attempt, ReleaseReason::OptOutsUnread))
+                    .collect();
+                return (outcomes, unsent);
+            }
+        };
+        for ((sms, ready), key) in valid.into_iter().zip(keys) {
+            if opted_out.contains(&key) {
+                let segments = ready.segments;
+                outcomes.push(self.settle(&sms, AttemptEnd::OptedOut { segments }));
+            } else {
+                self.spawn_send(&mut in_flight, sms, ready, key, &permits, stop);
             }
         }
         let mut unsent = Vec::new();
@@ -265,10 +288,12 @@ impl Dispatcher {
         in_flight: &mut InFlight,
         sms: ClaimedSms,
         ready: Ready,
+        opt_out_key: OptOutKey,
         permits: &Arc<Semaphore>,
         stop: &CancellationToken,
     ) {
         let provider = self.provider.clone();
+        let store = self.store.clone();
         let permits = permits.clone();
         let stop = stop.clone();
         let (id, attempt, message, send_key, segments) = (
@@ -311,6 +336,11 @@ impl Dispatcher {
             };
             metrics::histogram!("smsrelay_send_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
+            if answer.is_opted_out() {
+                let via = sent_via.provider();
+                let name = via.as_deref().unwrap_or(provider.name());
+                record_opt_out(&*store, &opt_out_key, name, id).await;
+            }
             TaskEnd::Done(answer)
         });
         in_flight.rows.insert(handle.id(), (sms, segments, via));
@@ -500,6 +530,7 @@ impl Dispatcher {
             ReleaseReason::Shutdown,
             ReleaseReason::ProviderPaused,
             ReleaseReason::Throttled,
+            ReleaseReason::OptOutsUnread,
         ] {
             let rows: Vec<(i64, u32)> = unsent
                 .iter()
@@ -562,6 +593,32 @@ impl Dispatcher {
 }
 
 /// One log line per decision worth an operator's attention (an accepted send is not).
+/// Which of `keys` are on the opt-out list (no query for none).
+async fn opted_out_among(
+    store: &dyn Store,
+    keys: &[OptOutKey],
+) -> Result<HashSet<OptOutKey>, StoreError> {
+    if keys.is_empty() {
+        return Ok(HashSet::new());
+    }
+    Ok(store.opted_out(keys).await?.into_iter().collect())
+}
+
+/// Puts a number a provider called unsubscribed on the opt-out list. A
+/// failure is only logged: the message is declined all the same, and the
+/// provider will say so again for the next one.
+async fn record_opt_out(store: &dyn Store, key: &OptOutKey, provider: &str, sms_id: i64) {
+    match store.record_opt_out(key, provider, sms_id).await {
+        Ok(true) => tracing::info!(
+            sms_id,
+            provider,
+            "recipient opted out; later messages to the number will be declined"
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(sms_id, error = %e, "could not record the opt-out"),
+    }
+}
+
 fn log_outcome(sms: &ClaimedSms, o: &Outcome) {
     let error = o.error.as_deref().unwrap_or_default();
     match (o.outcome, o.next) {

@@ -1,5 +1,6 @@
 //! Pure types of the SMS outbox: no I/O here.
 
+pub mod opt_out;
 pub mod outcome;
 pub mod phone;
 pub mod report;

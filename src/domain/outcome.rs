@@ -93,6 +93,8 @@ pub enum ReleaseReason {
     ProviderPaused,
     /// The provider answered 429, or its gate is waiting out a Retry-After.
     Throttled,
+    /// The opt-out list could not be read, so the batch was not sent.
+    OptOutsUnread,
 }
 
 impl ReleaseReason {
@@ -106,11 +108,34 @@ impl ReleaseReason {
             ReleaseReason::Throttled => {
                 "returned unsent, attempt not spent: provider throttling (HTTP 429 / Retry-After)"
             }
+            ReleaseReason::OptOutsUnread => {
+                "returned unsent, attempt not spent: the opt-out list could not be read"
+            }
         }
     }
 }
 
+/// How the reason of a message declined because its recipient unsubscribed
+/// begins (the `last_error` and event reason an operator reads).
+pub const OPTED_OUT: &str = "opted-out";
+
 impl SendOutcome {
+    /// The recipient unsubscribed (replied STOP, is on the provider's
+    /// blacklist): a permanent refusal whose error begins with [`OPTED_OUT`].
+    /// The dispatcher records the number, so later messages to it are
+    /// declined before any send.
+    pub fn opted_out(detail: impl std::fmt::Display, http_status: Option<u16>) -> Self {
+        SendOutcome::Permanent {
+            error: format!("{OPTED_OUT}: {detail}"),
+            http_status,
+        }
+    }
+
+    /// Whether this is a provider's "recipient unsubscribed" answer ([`Self::opted_out`]).
+    pub fn is_opted_out(&self) -> bool {
+        matches!(self, SendOutcome::Permanent { error, .. } if error.starts_with(OPTED_OUT))
+    }
+
     /// Whether the health gate held the send back: the provider was never asked.
     pub fn was_held_back(&self) -> bool {
         matches!(
@@ -167,6 +192,8 @@ pub enum AttemptEnd<'a> {
         reason: String,
         segments: Option<u32>,
     },
+    /// The recipient is on the opt-out list; no request was made.
+    OptedOut { segments: u32 },
     /// The provider named `provider` answered.
     Answered {
         provider: &'a str,
@@ -212,6 +239,19 @@ pub fn settle(sms: &ClaimedSms, end: AttemptEnd<'_>, rules: Rules<'_>, jitter: f
             error: Some(reason),
             ..base
         },
+        AttemptEnd::OptedOut { segments } => {
+            let error = format!(
+                "{OPTED_OUT}: the recipient unsubscribed earlier (a provider said so); not sent"
+            );
+            Outcome {
+                outcome: AttemptOutcome::Invalid,
+                next: NextState::Declined,
+                segments: Some(segments),
+                reason: error.clone(),
+                error: Some(error),
+                ..base
+            }
+        }
         AttemptEnd::Answered {
             provider,
             segments,
@@ -466,6 +506,29 @@ mod tests {
     }
 
     #[test]
+    fn an_opted_out_recipient_is_declined_without_a_provider() {
+        let o = settle(
+            &claimed(1),
+            AttemptEnd::OptedOut { segments: 2 },
+            least(&policy()),
+            0.5,
+        );
+        assert_eq!(o.next, NextState::Declined);
+        assert_eq!(o.outcome, AttemptOutcome::Invalid);
+        assert_eq!(o.provider, None);
+        assert_eq!(o.segments, Some(2));
+        assert!(o.reason.starts_with("opted-out: "), "{}", o.reason);
+        assert!(
+            SendOutcome::opted_out("Twilio error 21610", Some(400)).is_opted_out()
+                && !SendOutcome::Permanent {
+                    error: "refused".into(),
+                    http_status: Some(400)
+                }
+                .is_opted_out()
+        );
+    }
+
+    #[test]
     fn transient_retries_with_the_jittered_delay() {
         let o = settle(
             &claimed(1),
@@ -600,6 +663,7 @@ mod tests {
                 reason: "bad number".into(),
                 segments: None
             }),
+            Just(AttemptEnd::OptedOut { segments: 1 }),
             (answer, 1u32..10).prop_map(|(answer, segments)| AttemptEnd::Answered {
                 provider: "webhook",
                 segments,
@@ -628,7 +692,7 @@ mod tests {
             let o = settle(&claimed(attempt), end.clone(), rules, jitter);
             prop_assert_eq!((o.id, o.attempt), (42, attempt));
             // Only a refusal was never offered to a provider.
-            prop_assert_eq!(o.provider.is_none(), matches!(end, AttemptEnd::Refused { .. }));
+            prop_assert_eq!(o.provider.is_none(), matches!(end, AttemptEnd::Refused { .. } | AttemptEnd::OptedOut { .. }));
             prop_assert!(!o.reason.is_empty());
             match o.next {
                 NextState::Sent => prop_assert_eq!(o.outcome, AttemptOutcome::Accepted),

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
+use super::callback::{check_callback_secret, parse_http_url, secret_matches};
 use super::webhook::{request_failed_at, retry_after};
 use super::{
     CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendLimits,
@@ -17,14 +18,10 @@ use crate::config::{ConfigError, invalid};
 use crate::domain::report::{DeliveryReport, ReportApplied, ReportOutcome};
 use crate::domain::segments::{Encoding, count_segments};
 use crate::secrets::{Secret, resolve_secret};
-use subtle::ConstantTimeEq;
 
 /// Every delivery report Kannel can send: delivered (1), not delivered (2),
 /// queued on the SMSC (4), delivered to the SMSC (8), rejected by the SMSC (16).
 const DLR_MASK_ALL: &str = "31";
-
-/// Shortest accepted `callback_secret`: it is the only thing authenticating a report.
-const MIN_SECRET_LEN: usize = 16;
 
 /// `[provider.kannel]`
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -109,32 +106,6 @@ impl KannelSettings {
         }
         Ok(())
     }
-}
-
-fn parse_http_url(key: &str, value: &str) -> Result<reqwest::Url, ConfigError> {
-    let url = reqwest::Url::parse(value).map_err(|e| invalid(key, format!("is not a URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(invalid(key, "must be an http or https URL with a host"));
-    }
-    Ok(url)
-}
-
-/// The secret travels inside the dlr-url, where Kannel substitutes `%` escapes:
-/// keep it to characters that never need encoding.
-fn check_callback_secret(key: &str, secret: &Secret) -> Result<(), ConfigError> {
-    let value = secret.expose();
-    let url_safe = value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
-    if value.len() < MIN_SECRET_LEN || !url_safe {
-        return Err(invalid(
-            key,
-            format!(
-                "must be at least {MIN_SECRET_LEN} characters of A-Z a-z 0-9 - _ . ~ (e.g. from `openssl rand -hex 16`)"
-            ),
-        ));
-    }
-    Ok(())
 }
 
 impl ProviderSection for KannelSettings {
@@ -329,12 +300,7 @@ async fn report(
     axum::extract::Query(query): axum::extract::Query<ReportQuery>,
 ) -> (axum::http::StatusCode, &'static str) {
     use axum::http::StatusCode;
-    let given = query.secret.unwrap_or_default();
-    let authentic: bool = given
-        .as_bytes()
-        .ct_eq(state.secret.expose().as_bytes())
-        .into();
-    if given.is_empty() || !authentic {
+    if !secret_matches(query.secret.as_deref().unwrap_or(""), &state.secret) {
         return (StatusCode::FORBIDDEN, "bad or missing secret\n");
     }
     let parse = |v: Option<String>| v.and_then(|v| v.trim().parse::<u32>().ok());

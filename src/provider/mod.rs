@@ -36,10 +36,14 @@
 //!
 //! Nothing in the dispatcher, the API, the store or the config loader changes.
 
+pub mod africastalking;
+pub mod callback;
 pub mod health;
+pub mod infobip;
 pub mod kannel;
 pub mod log;
 pub mod router;
+pub mod template;
 pub mod twilio;
 pub mod webhook;
 
@@ -234,6 +238,10 @@ pub enum ProviderKind {
     Kannel,
     /// Twilio Programmable Messaging.
     Twilio,
+    /// Infobip's SMS API.
+    Infobip,
+    /// Africa's Talking's SMS API.
+    Africastalking,
 }
 
 impl ProviderKind {
@@ -244,6 +252,8 @@ impl ProviderKind {
             ProviderKind::Webhook => "webhook",
             ProviderKind::Kannel => "kannel",
             ProviderKind::Twilio => "twilio",
+            ProviderKind::Infobip => "infobip",
+            ProviderKind::Africastalking => "africastalking",
         }
     }
 }
@@ -265,6 +275,10 @@ pub struct ProviderSettings {
     pub kannel: Option<kannel::KannelSettings>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub twilio: Option<twilio::TwilioSettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub infobip: Option<infobip::InfobipSettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub africastalking: Option<africastalking::AfricasTalkingSettings>,
 }
 
 impl Default for ProviderSettings {
@@ -276,6 +290,8 @@ impl Default for ProviderSettings {
             webhook: webhook::WebhookSettings::default(),
             kannel: None,
             twilio: None,
+            infobip: None,
+            africastalking: None,
         }
     }
 }
@@ -288,6 +304,10 @@ impl ProviderSettings {
             ProviderKind::Webhook => &self.webhook,
             ProviderKind::Kannel => required_section(&self.kannel, "kannel")?,
             ProviderKind::Twilio => required_section(&self.twilio, "twilio")?,
+            ProviderKind::Infobip => required_section(&self.infobip, "infobip")?,
+            ProviderKind::Africastalking => {
+                required_section(&self.africastalking, "africastalking")?
+            }
         })
     }
 

@@ -12,6 +12,7 @@ use subtle::ConstantTimeEq;
 
 use std::sync::Arc;
 
+use super::callback::parse_http_url;
 use super::webhook::{request_failed_at, retry_after};
 use super::{
     CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendLimits,
@@ -121,14 +122,6 @@ impl TwilioSettings {
         }
         Ok(())
     }
-}
-
-fn parse_http_url(key: &str, value: &str) -> Result<reqwest::Url, ConfigError> {
-    let url = reqwest::Url::parse(value).map_err(|e| invalid(key, format!("is not a URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(invalid(key, "must be an http or https URL with a host"));
-    }
-    Ok(url)
 }
 
 /// Who the message is from: a number / sender id, or a Messaging Service.
@@ -480,11 +473,10 @@ pub fn classify_error(
             error: format!("Twilio refused the message: {code} (HTTP {status}): {what}"),
             http_status,
         },
-        // SendOutcome has no opted-out class yet: declined, with a reason that says so.
-        ErrorClass::OptedOut => SendOutcome::Permanent {
-            error: format!("opted-out: Twilio {code} (HTTP {status}): {what}"),
+        ErrorClass::OptedOut => SendOutcome::opted_out(
+            format!("Twilio {code} (HTTP {status}): {what}"),
             http_status,
-        },
+        ),
         // Not the message's fault: the provider is paused and the message
         // keeps its attempt (it must not decline the backlog).
         ErrorClass::Configuration => SendOutcome::ProviderUnavailable {

@@ -1,4 +1,6 @@
-//! `[provider.webhook]`: POSTs each message as JSON to a URL of the operator's choosing.
+//! `[provider.webhook]`: POSTs each message as JSON to a URL of the operator's
+//! choosing, or sends the body of its request template (`body`, `method`,
+//! `content_type`) for in-house gateways that want their own shape.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +11,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use serde::{Deserialize, Serialize};
 
+use super::template::{Encoding, Template, Values};
 use super::{
     OutboundSms, Provider, ProviderInstance, ProviderSection, SendLimits, SendOutcome, Unavailable,
 };
@@ -24,12 +27,28 @@ pub struct WebhookSettings {
     pub token: Option<Secret>,
     /// Name of a systemd credential holding the token.
     pub token_credential: Option<String>,
+    /// A request template for in-house gateways: the body, with
+    /// placeholders; unset: the default JSON `{"id", "to", "message"}`.
+    pub body: Option<String>,
+    /// With `body`: `POST` (default), `PUT` or `PATCH`.
+    pub method: Option<String>,
+    /// With `body`: `application/json` (default) or
+    /// `application/x-www-form-urlencoded`; placeholders are escaped for it.
+    pub content_type: Option<String>,
     /// Segments per second this instance sends at most (a 3-part message costs 3); unset: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<f64>,
     /// Requests to this provider in flight at once at most; unset: only `dispatch.concurrency`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,
+}
+
+/// A parsed request template: method, content type and body.
+#[derive(Debug, Clone)]
+struct RequestTemplate {
+    method: reqwest::Method,
+    content_type: String,
+    body: Template,
 }
 
 impl WebhookSettings {
@@ -51,9 +70,70 @@ impl WebhookSettings {
     }
 }
 
+impl WebhookSettings {
+    /// The request template, when `body` is set; `method` and
+    /// `content_type` without a `body` are refused.
+    fn template(
+        &self,
+        instance: &ProviderInstance,
+    ) -> Result<Option<RequestTemplate>, ConfigError> {
+        let Some(body) = &self.body else {
+            for (field, value) in [
+                ("method", &self.method),
+                ("content_type", &self.content_type),
+            ] {
+                if value.is_some() {
+                    return Err(invalid(
+                        instance.key(field),
+                        format!(
+                            "applies to a request template: set {} too (without it the default JSON request is sent)",
+                            instance.key("body")
+                        ),
+                    ));
+                }
+            }
+            return Ok(None);
+        };
+        let method = match self.method.as_deref().unwrap_or("POST") {
+            "POST" => reqwest::Method::POST,
+            "PUT" => reqwest::Method::PUT,
+            "PATCH" => reqwest::Method::PATCH,
+            _ => {
+                return Err(invalid(
+                    instance.key("method"),
+                    "must be POST, PUT or PATCH",
+                ));
+            }
+        };
+        let content_type = self
+            .content_type
+            .clone()
+            .unwrap_or_else(|| "application/json".to_owned());
+        if reqwest::header::HeaderValue::from_str(&content_type).is_err() {
+            return Err(invalid(
+                instance.key("content_type"),
+                "is not a valid header value",
+            ));
+        }
+        let encoding = Encoding::of(&content_type).ok_or_else(|| {
+            invalid(
+                instance.key("content_type"),
+                "must be application/json or application/x-www-form-urlencoded (placeholders are escaped for it)",
+            )
+        })?;
+        let body = Template::parse(&instance.key("body"), body, encoding)?;
+        Ok(Some(RequestTemplate {
+            method,
+            content_type,
+            body,
+        }))
+    }
+}
+
 impl ProviderSection for WebhookSettings {
     fn validate(&self, instance: &ProviderInstance) -> Result<(), ConfigError> {
-        self.parsed_url(instance).map(|_| ())
+        self.parsed_url(instance)?;
+        self.template(instance).map(|_| ())
     }
 
     fn build(&self, instance: &ProviderInstance) -> Result<Arc<dyn Provider>, ConfigError> {
@@ -74,6 +154,7 @@ pub struct WebhookProvider {
     client: reqwest::Client,
     url: reqwest::Url,
     token: Option<Secret>,
+    template: Option<RequestTemplate>,
 }
 
 #[derive(serde::Serialize)]
@@ -95,6 +176,7 @@ impl WebhookProvider {
         instance: &ProviderInstance,
     ) -> Result<Self, ConfigError> {
         let url = settings.parsed_url(instance)?;
+        let template = settings.template(instance)?;
         let client = reqwest::Client::builder()
             .timeout(instance.timeout)
             .connect_timeout(instance.timeout.min(Duration::from_secs(5)))
@@ -118,6 +200,7 @@ impl WebhookProvider {
             client,
             url,
             token,
+            template,
         })
     }
 }
@@ -129,16 +212,26 @@ impl Provider for WebhookProvider {
     }
 
     async fn send(&self, sms: &OutboundSms<'_>) -> SendOutcome {
-        let mut request = self
-            .client
-            .post(self.url.clone())
-            // Stable per message: a receiver can drop the duplicate of a retried send.
-            .header("Idempotency-Key", sms.idempotency_key())
-            .json(&Body {
+        let mut request = match &self.template {
+            None => self.client.post(self.url.clone()).json(&Body {
                 id: sms.id,
                 to: sms.to.as_str(),
                 message: sms.message,
-            });
+            }),
+            Some(t) => self
+                .client
+                .request(t.method.clone(), self.url.clone())
+                .header(reqwest::header::CONTENT_TYPE, &t.content_type)
+                .body(t.body.render(&Values {
+                    to: sms.to.as_str(),
+                    message: sms.message,
+                    id: sms.id,
+                    attempt: sms.attempt,
+                    idempotency_key: &sms.idempotency_key(),
+                })),
+        };
+        // Stable per message: a receiver can drop the duplicate of a retried send.
+        request = request.header("Idempotency-Key", sms.idempotency_key());
         if let Some(token) = &self.token {
             request = request.bearer_auth(token.expose());
         }

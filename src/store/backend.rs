@@ -1,19 +1,21 @@
 //! [`Messages`], [`Directory`] and [`Schema`] written once for every dialect,
 //! on top of the few primitives a dialect implements ([`Backend`]): how it
 //! runs a statement, its placeholders, its migrations, and the handful of
-//! statements whose SQL really differs.
+//! statements whose SQL really differs. [`OptOuts`] and the provider-id
+//! lookup of reports are portable SQL too.
 
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
 
-use super::batch::{by_status, directory_error, lookup_from};
+use super::batch::{directory_error, lookup_from};
 use super::query::{self, Arg, Style};
 use super::rows::{self, ATTEMPT_COLUMNS, Columns, EVENT_COLUMNS, SMS_COLUMNS};
 use super::{
-    DEMO_CREATE, Directory, DirectoryQueries, Enqueued, Lookup, Messages, Page, QueueStats, Schema,
-    SmsQuery, StoreError,
+    DEMO_CREATE, Directory, DirectoryQueries, Enqueued, Lookup, Messages, OptOuts, Page,
+    QueueStats, Schema, SmsQuery, StoreError,
 };
-use crate::domain::{AttemptRecord, EventRecord, NewSms, Recipient, SmsRecord};
+use crate::domain::opt_out::OptOutKey;
+use crate::domain::{AttemptRecord, EventRecord, NewSms, Recipient, SmsRecord, Status};
 
 /// The directory SQL a store runs: the operator's, or the dialect's default
 /// (Fineract's `m_client` and `m_staff`).
@@ -166,26 +168,32 @@ impl<B: Backend> Messages for B {
     }
 
     async fn stats(&self) -> Result<QueueStats, StoreError> {
-        let rows = self
-            .fetch("SELECT status, count(*) AS n FROM sms GROUP BY status", &[])
-            .await?;
-        let counts = rows
-            .iter()
-            .map(|row| {
-                Ok((
-                    row.text("status")?.unwrap_or_default(),
-                    row.int("n")?.unwrap_or(0),
-                ))
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let rows = self.fetch(QUEUE_COUNTS, &[]).await?;
+        let count = |status: Status| -> Result<(Status, u64), StoreError> {
+            let n = match rows.first() {
+                Some(row) => row.int(status.as_str())?.unwrap_or(0),
+                None => 0,
+            };
+            Ok((status, u64::try_from(n).unwrap_or(0)))
+        };
+        let by_status = vec![count(Status::Pending)?, count(Status::Sending)?];
         let (due, oldest) = self.due_stats().await?;
         Ok(QueueStats {
-            by_status: by_status(&counts),
+            by_status,
             due: u64::try_from(due).unwrap_or(0),
             oldest_due_age_secs: oldest.max(0.0),
         })
     }
 }
+
+/// The rows in the two states a message passes through, read at each
+/// `/metrics` scrape. Each count walks its state's index (the partial
+/// indexes `sms_due_idx` and `sms_lease_idx` on PostgreSQL and SQLite,
+/// `(status, ...)` on MariaDB/MySQL), never the table: the terminal states
+/// hold nearly every row, and their totals are not counted here.
+pub const QUEUE_COUNTS: &str = "SELECT \
+    (SELECT count(*) FROM sms WHERE status = 'pending') AS pending, \
+    (SELECT count(*) FROM sms WHERE status = 'sending') AS sending";
 
 /// The `n` of a one-row count.
 fn count_of<R: Columns>(rows: &[R]) -> Result<i64, StoreError> {
@@ -246,4 +254,109 @@ impl<B: Backend> Schema for B {
         self.fetch(B::DEMO_INSERT, &[]).await?;
         Ok(())
     }
+}
+
+/// `(p1, p2, ..., pn)` in the dialect's placeholder style.
+fn placeholders<B: Backend>(n: usize) -> String {
+    let list: Vec<String> = (1..=n).map(B::STYLE.placeholder).collect();
+    format!("({})", list.join(", "))
+}
+
+#[async_trait]
+impl<B: Backend> OptOuts for B {
+    async fn record_opt_out(
+        &self,
+        number: &OptOutKey,
+        provider: &str,
+        sms_id: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = format!(
+            "INSERT INTO sms_opt_out (number_sha256, provider, sms_id) VALUES {}",
+            placeholders::<B>(3)
+        );
+        let args = [
+            Arg::Text(Some(number.as_str().to_owned())),
+            Arg::Text(Some(provider.to_owned())),
+            Arg::Int(Some(sms_id)),
+        ];
+        // A plain INSERT on every dialect: the primary key refuses a number
+        // already recorded (by this send's duplicate, or another instance).
+        match self.fetch(&sql, &args).await {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn opted_out(&self, numbers: &[OptOutKey]) -> Result<Vec<OptOutKey>, StoreError> {
+        if numbers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT number_sha256 FROM sms_opt_out WHERE number_sha256 IN {}",
+            placeholders::<B>(numbers.len())
+        );
+        let args: Vec<Arg> = numbers
+            .iter()
+            .map(|n| Arg::Text(Some(n.as_str().to_owned())))
+            .collect();
+        let rows = self.fetch(&sql, &args).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(OptOutKey::from_stored(
+                    row.text("number_sha256")?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    async fn remove_opt_out(&self, number: &OptOutKey) -> Result<bool, StoreError> {
+        let key = [Arg::Text(Some(number.as_str().to_owned()))];
+        let found = self
+            .fetch(
+                &by_key::<B>("number_sha256", "sms_opt_out", "number_sha256", ""),
+                &key,
+            )
+            .await?;
+        let p = (B::STYLE.placeholder)(1);
+        self.fetch(
+            &format!("DELETE FROM sms_opt_out WHERE number_sha256 = {p}"),
+            &key,
+        )
+        .await?;
+        Ok(!found.is_empty())
+    }
+}
+
+/// [`super::Reports::attempt_by_provider_message_id`] for any dialect: the
+/// accepted attempt carrying that id (indexed by migration 0005).
+pub(super) async fn attempt_by_provider_message_id<B: Backend>(
+    backend: &B,
+    provider: &str,
+    provider_message_id: &str,
+) -> Result<Option<(i64, u32)>, StoreError> {
+    let p = B::STYLE.placeholder;
+    let sql = format!(
+        "SELECT sms_id, attempt FROM sms_attempt \
+         WHERE provider_message_id = {} AND provider = {} AND outcome = 'accepted' \
+         ORDER BY attempt DESC LIMIT 1",
+        p(1),
+        p(2)
+    );
+    let rows = backend
+        .fetch(
+            &sql,
+            &[
+                Arg::Text(Some(provider_message_id.to_owned())),
+                Arg::Text(Some(provider.to_owned())),
+            ],
+        )
+        .await?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    let sms_id = row.int("sms_id")?.unwrap_or(0);
+    let attempt = row.int4("attempt")?.unwrap_or(0);
+    Ok(Some((sms_id, u32::try_from(attempt).unwrap_or(0))))
 }

@@ -176,6 +176,8 @@ pub(super) fn parse_status(id: i64, raw: &str) -> Result<Status, StoreError> {
 /// A failing directory query is a configuration problem; say which.
 pub(super) fn directory_error(e: sqlx::Error) -> StoreError {
     match StoreError::from(e) {
+        // A lookup cut off by the API's statement timeout is an answer of its own (503).
+        e if e.is_statement_timeout() => e,
         StoreError::Database(e) => StoreError::Directory(format!(
             "the [directory] query failed ({e}); set directory.client_query / directory.staff_query for your schema"
         )),
@@ -190,20 +192,6 @@ pub(super) fn lookup_from(found: Option<Option<String>>) -> super::Lookup {
         Some(Some(number)) if !number.trim().is_empty() => super::Lookup::Found(number),
         Some(_) => super::Lookup::NoNumber,
     }
-}
-
-/// Rows per status with every status present, from `(name, count)` pairs.
-pub(super) fn by_status(counts: &[(String, i64)]) -> Vec<(Status, u64)> {
-    Status::ALL
-        .iter()
-        .map(|status| {
-            let n = counts
-                .iter()
-                .find(|(name, _)| name == status.as_str())
-                .map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
-            (*status, n)
-        })
-        .collect()
 }
 
 /// What a delivery report does to the row locked for it (`status`, `attempts`,

@@ -9,9 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    Claim, Directory, Enqueued, Leases, Lookup, Messages, Page, Queue, QueueStats, ReapReport,
-    RecordReport, Reports, Schema, SmsQuery, Store, StoreError,
+    Claim, Directory, Enqueued, Leases, Lookup, Messages, OptOuts, Page, Queue, QueueStats,
+    ReapReport, RecordReport, Reports, Schema, SmsQuery, Store, StoreError,
 };
+use crate::domain::opt_out::OptOutKey;
 use crate::domain::outcome::ReleaseReason;
 use crate::domain::report::{DeliveryReport, ReportApplied};
 use crate::domain::{AttemptRecord, EventRecord, NewSms, Outcome, Recipient, SmsRecord};
@@ -127,5 +128,32 @@ impl Reports for Layered {
         report: &DeliveryReport,
     ) -> Result<ReportApplied, StoreError> {
         self.store.apply_delivery_report(report).await
+    }
+    async fn attempt_by_provider_message_id(
+        &self,
+        provider: &str,
+        provider_message_id: &str,
+    ) -> Result<Option<(i64, u32)>, StoreError> {
+        self.store
+            .attempt_by_provider_message_id(provider, provider_message_id)
+            .await
+    }
+}
+
+#[async_trait]
+impl OptOuts for Layered {
+    async fn record_opt_out(
+        &self,
+        number: &OptOutKey,
+        provider: &str,
+        sms_id: i64,
+    ) -> Result<bool, StoreError> {
+        self.store.record_opt_out(number, provider, sms_id).await
+    }
+    async fn opted_out(&self, numbers: &[OptOutKey]) -> Result<Vec<OptOutKey>, StoreError> {
+        self.store.opted_out(numbers).await
+    }
+    async fn remove_opt_out(&self, number: &OptOutKey) -> Result<bool, StoreError> {
+        self.store.remove_opt_out(number).await
     }
 }

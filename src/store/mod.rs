@@ -1,11 +1,12 @@
-//! Persistence of the outbox. [`Store`] is six small traits by who uses
+//! Persistence of the outbox. [`Store`] is seven small traits by who uses
 //! them: [`Queue`] (the dispatcher's claim and record), [`Leases`] (release
 //! at shutdown, the reaper), [`Messages`] (API and platform), [`Directory`],
-//! [`Schema`] and [`Reports`] (providers' delivery reports). What is the same on every database is
+//! [`Schema`], [`Reports`] (providers' delivery reports) and [`OptOuts`]
+//! (unsubscribed recipients). What is the same on every database is
 //! written once: `query.rs` builds the list queries, `rows.rs` maps rows,
 //! `batch.rs` carries batches as one JSON parameter, and `backend.rs`
-//! implements `Messages`, `Directory` and `Schema` for any dialect from a few
-//! primitives. Each dialect file (`postgres.rs`, `mysql.rs`, `sqlite.rs`)
+//! implements `Messages`, `Directory`, `Schema` and `OptOuts` for any dialect
+//! from a few primitives. Each dialect file (`postgres.rs`, `mysql.rs`, `sqlite.rs`)
 //! keeps only its SQL, its binding, its `Queue` and `Leases`, with a header saying where
 //! it differs and why. `open()` picks the dialect from the URL scheme.
 
@@ -16,9 +17,11 @@ pub mod mysql;
 pub mod postgres;
 mod query;
 mod rows;
+mod session;
 pub mod settings;
 pub mod sqlite;
 
+pub use backend::QUEUE_COUNTS;
 pub use layered::with_queue;
 
 use std::sync::Arc;
@@ -28,10 +31,12 @@ use async_trait::async_trait;
 
 use time::OffsetDateTime;
 
+pub use session::Session;
 pub use settings::{DEFAULT_DATABASE_URL, DatabaseSettings};
 
 pub use crate::domain::outcome::ReleaseReason;
 
+use crate::domain::opt_out::OptOutKey;
 use crate::domain::report::{DeliveryReport, ReportApplied};
 use crate::domain::{
     AttemptRecord, ClaimedSms, EventRecord, NewSms, Outcome, Recipient, SmsRecord, Status,
@@ -251,7 +256,7 @@ pub struct Enqueued {
 /// Queue health for metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueStats {
-    /// Rows per status (every status present, zeros included).
+    /// Rows `pending` and `sending` (see [`QUEUE_COUNTS`]; terminal states are not counted).
     pub by_status: Vec<(Status, u64)>,
     /// Pending rows due now.
     pub due: u64,
@@ -266,6 +271,8 @@ pub struct StoreOptions {
     pub pool_size: u32,
     pub connect_timeout: Duration,
     pub directory: DirectoryQueries,
+    /// Who the pool is and how long its statements may run.
+    pub session: Session,
 }
 
 /// The queue's hot path, as the dispatcher works it: claim, then record.
@@ -385,13 +392,40 @@ pub trait Reports: Send + Sync + 'static {
         &self,
         report: &DeliveryReport,
     ) -> Result<ReportApplied, StoreError>;
+
+    /// The message and attempt `provider` accepted under `provider_message_id`,
+    /// for reports that name only the provider's id (Africa's Talking).
+    async fn attempt_by_provider_message_id(
+        &self,
+        provider: &str,
+        provider_message_id: &str,
+    ) -> Result<Option<(i64, u32)>, StoreError>;
+}
+
+/// Recipients who unsubscribed (table `sms_opt_out`), keyed by [`OptOutKey`].
+#[async_trait]
+pub trait OptOuts: Send + Sync + 'static {
+    /// Records that the holder of the number unsubscribed, as `provider`
+    /// answered a send of `sms_id`. Returns whether it was new.
+    async fn record_opt_out(
+        &self,
+        number: &OptOutKey,
+        provider: &str,
+        sms_id: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Which of `numbers` are opted out, in one query.
+    async fn opted_out(&self, numbers: &[OptOutKey]) -> Result<Vec<OptOutKey>, StoreError>;
+
+    /// Clears an opt-out (the recipient subscribed again). Returns whether there was one.
+    async fn remove_opt_out(&self, number: &OptOutKey) -> Result<bool, StoreError>;
 }
 
 /// The whole outbox, as the application holds it (`Arc<dyn Store>`). Every
-/// type with the six parts is a `Store`.
-pub trait Store: Queue + Leases + Messages + Directory + Schema + Reports {}
+/// type with the seven parts is a `Store`.
+pub trait Store: Queue + Leases + Messages + Directory + Schema + Reports + OptOuts {}
 
-impl<T: Queue + Leases + Messages + Directory + Schema + Reports> Store for T {}
+impl<T: Queue + Leases + Messages + Directory + Schema + Reports + OptOuts> Store for T {}
 
 /// The database family a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -37,6 +37,7 @@ use super::batch::{
 };
 use super::query::{Arg, Style};
 use super::rows::ClaimedRows;
+use super::session;
 use super::{Claim, Leases, Queue, ReapReport, RecordReport, Reports, StoreError, StoreOptions};
 use crate::domain::outcome::ReleaseReason;
 use crate::domain::report::{DeliveryReport, ReportApplied};
@@ -67,13 +68,16 @@ impl MySqlStore {
             .map_err(StoreError::Database)?
             // sqlx's default too; stated because leases depend on it.
             .timezone(Some("+00:00".to_owned()));
+        let session = options.session.clone();
         let pool = MySqlPoolOptions::new()
             .max_connections(options.pool_size)
             .acquire_timeout(options.connect_timeout)
-            .after_connect(|conn, _| {
+            .after_connect(move |conn, _| {
+                let session = session.clone();
                 Box::pin(async move {
                     conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
                         .await?;
+                    session::mysql_after_connect(conn, &session).await?;
                     Ok(())
                 })
             })
@@ -709,6 +713,14 @@ impl Reports for MySqlStore {
                 .bind(to)
                 .bind(&report.reason)
         )
+    }
+
+    async fn attempt_by_provider_message_id(
+        &self,
+        provider: &str,
+        provider_message_id: &str,
+    ) -> Result<Option<(i64, u32)>, StoreError> {
+        super::backend::attempt_by_provider_message_id(self, provider, provider_message_id).await
     }
 }
 

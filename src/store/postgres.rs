@@ -23,6 +23,7 @@ use super::batch::{
 };
 use super::query::{Arg, Style};
 use super::rows::ClaimedRows;
+use super::session;
 use super::{Claim, Leases, Queue, ReapReport, RecordReport, Reports, StoreError, StoreOptions};
 use crate::domain::Outcome;
 use crate::domain::outcome::ReleaseReason;
@@ -47,11 +48,17 @@ const REAPER_LOCK: i64 = 0x0073_6d73_7265_6170; // "smsreap"
 impl PgStore {
     /// A pool that connects on first use, so start-up survives a database that is still coming up.
     pub fn open(options: &StoreOptions) -> Result<Self, StoreError> {
+        let connect = session::postgres_options(&options.url, &options.session)
+            .map_err(StoreError::Database)?;
+        let session = options.session.clone();
         let pool = PgPoolOptions::new()
             .max_connections(options.pool_size)
             .acquire_timeout(options.connect_timeout)
-            .connect_lazy(&options.url)
-            .map_err(StoreError::Database)?;
+            .after_connect(move |conn, _| {
+                let session = session.clone();
+                Box::pin(async move { session::postgres_after_connect(conn, &session).await })
+            })
+            .connect_lazy_with(connect);
         Ok(Self {
             pool,
             directory: DirectorySql::new(&options.directory, CLIENT_QUERY, STAFF_QUERY),
@@ -434,5 +441,13 @@ impl Reports for PgStore {
                 .bind(to)
                 .bind(&report.reason)
         )
+    }
+
+    async fn attempt_by_provider_message_id(
+        &self,
+        provider: &str,
+        provider_message_id: &str,
+    ) -> Result<Option<(i64, u32)>, StoreError> {
+        super::backend::attempt_by_provider_message_id(self, provider, provider_message_id).await
     }
 }

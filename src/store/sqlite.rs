@@ -36,6 +36,7 @@ use super::batch::{
 };
 use super::query::{Arg, Style};
 use super::rows::ClaimedRows;
+use super::session;
 use super::{
     Claim, Leases, Queue, ReapReport, RecordReport, Reports, Schema, StoreError, StoreOptions,
 };
@@ -58,6 +59,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteStore {
     pool: SqlitePool,
     directory: DirectorySql,
+    /// The API's limit on its statements (none for the dispatcher's pool).
+    statement_timeout: Option<Duration>,
 }
 
 impl SqliteStore {
@@ -89,13 +92,18 @@ impl SqliteStore {
         let file = std::path::absolute(connect.get_filename())
             .unwrap_or_else(|_| connect.get_filename().to_owned());
         tracing::info!(file = %file.display(), "outbox in an SQLite file");
-        let pool = SqlitePoolOptions::new()
+        let mut pool = SqlitePoolOptions::new()
             .max_connections(options.pool_size)
-            .acquire_timeout(options.connect_timeout)
-            .connect_lazy_with(connect);
+            .acquire_timeout(options.connect_timeout);
+        // Only the API's pools set deadlines; the dispatcher's pays nothing for them.
+        if options.session.statement_timeout.is_some() {
+            pool = pool.after_release(|conn, _| Box::pin(session::sqlite_after_release(conn)));
+        }
+        let pool = pool.connect_lazy_with(connect);
         Ok(Self {
             pool,
             directory: DirectorySql::new(&options.directory, CLIENT_QUERY, STAFF_QUERY),
+            statement_timeout: options.session.statement_timeout,
         })
     }
 
@@ -324,9 +332,11 @@ impl Backend for SqliteStore {
     const DEMO_INSERT: &'static str = concat!("INSERT OR IGNORE", crate::store::demo_rows!());
 
     async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<SqliteRow>, sqlx::Error> {
-        bind(sqlx::query(AssertSqlSafe(sql.to_owned())), args)
-            .fetch_all(&self.pool)
-            .await
+        let query = bind(sqlx::query(AssertSqlSafe(sql.to_owned())), args);
+        match self.statement_timeout {
+            Some(limit) => session::sqlite_fetch_within(&self.pool, query, limit).await,
+            None => query.fetch_all(&self.pool).await,
+        }
     }
 
     fn directory(&self) -> &DirectorySql {
@@ -604,6 +614,14 @@ impl Reports for SqliteStore {
                 .bind(&report.reason)
         )
     }
+
+    async fn attempt_by_provider_message_id(
+        &self,
+        provider: &str,
+        provider_message_id: &str,
+    ) -> Result<Option<(i64, u32)>, StoreError> {
+        super::backend::attempt_by_provider_message_id(self, provider, provider_message_id).await
+    }
 }
 
 #[cfg(test)]
@@ -622,6 +640,7 @@ mod tests {
                 pool_size: 1,
                 connect_timeout: Duration::from_secs(1),
                 directory: Default::default(),
+                session: Default::default(),
             };
             let error = SqliteStore::open(&options).err().expect(url);
             assert!(error.to_string().contains("use sqlite://path"), "{error}");

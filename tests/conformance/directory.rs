@@ -219,8 +219,11 @@ async fn ready_only_once_migrated(db: TestStore) {
 async fn stats_count_statuses_and_the_due_backlog(db: TestStore) {
     let now = db.now().await;
     let empty = db.store.stats().await.unwrap();
-    assert_eq!(empty.by_status.len(), 7);
-    assert!(empty.by_status.iter().all(|(_, n)| *n == 0));
+    // Only the queue's states, from their indexes; terminal totals come from counters.
+    assert_eq!(
+        empty.by_status,
+        [(Status::Pending, 0), (Status::Sending, 0)]
+    );
     assert_eq!((empty.due, empty.oldest_due_age_secs), (0, 0.0));
 
     let insert =
@@ -246,18 +249,9 @@ async fn stats_count_statuses_and_the_due_backlog(db: TestStore) {
     insert("failed", now - time::Duration::hours(3), None).await;
 
     let stats = db.store.stats().await.unwrap();
-    let count = |status: Status| {
-        stats
-            .by_status
-            .iter()
-            .find(|(s, _)| *s == status)
-            .unwrap()
-            .1
-    };
     assert_eq!(
-        Status::ALL.map(count),
-        [3, 0, 1, 0, 0, 0, 2],
-        "pending, sending, sent, delivered, undelivered, declined, failed"
+        stats.by_status,
+        [(Status::Pending, 3), (Status::Sending, 0)]
     );
     assert_eq!(stats.due, 2, "the future one is not due");
     assert!(

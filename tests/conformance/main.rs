@@ -51,9 +51,11 @@ mod daemon;
 mod directory;
 mod dispatch;
 mod list;
+mod opt_outs;
 mod outcomes;
 mod reports;
 mod schema;
+mod timeout;
 mod unreadable;
 
 use std::time::Duration;

@@ -90,7 +90,7 @@ fn the_reference_config_file_is_valid_and_complete() {
 fn bad_configuration_names_the_key_and_exits_2() {
     // (environment, extra config file lines, the key the error must name)
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
-    let cases: [Case; 5] = [
+    let cases: [Case; 9] = [
         (
             &[("SMSRELAY_DISPATCH__BATCH_SIZE", "lots")],
             "",
@@ -108,6 +108,22 @@ fn bad_configuration_names_the_key_and_exits_2() {
             "",
             "housekeeping.reaper",
         ),
+        (
+            &[("SMSRELAY_DATABASE__READ_URL", "mysql://replica/x")],
+            "",
+            "database.read_url",
+        ),
+        (
+            &[("SMSRELAY_API__STATEMENT_TIMEOUT", "0s")],
+            "",
+            "api.statement_timeout",
+        ),
+        (
+            &[("SMSRELAY_API__MAX_OFFSET", "9223372036854775808")],
+            "",
+            "api.max_offset",
+        ),
+        (&[("SMSRELAY_API__POOL_SIZE", "0")], "", "api.pool_size"),
     ];
     for (env, file, key) in cases {
         let path = write_config(&format!(
@@ -782,4 +798,148 @@ async fn after_a_sigkill_another_instance_sends_again_within_lease_and_reaper_in
         "recovered in {recovery:?}, expected under lease + reaper interval + 5s = {bound:?}"
     );
     assert_eq!(requests().await, 2, "sent once more, not more");
+}
+
+/// The `# [provider.<name>]` block of the reference config: up to the next section.
+fn reference_block(name: &str) -> String {
+    let reference =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/smsrelay.toml"))
+            .unwrap();
+    let header = format!("[provider.{name}]");
+    let start = reference
+        .find(&header)
+        .unwrap_or_else(|| panic!("{header} is in config/smsrelay.toml"));
+    let rest = &reference[start + header.len()..];
+    let end = rest
+        .find("\n[")
+        .into_iter()
+        .chain(rest.find("\n# ["))
+        .min()
+        .unwrap_or(rest.len());
+    rest[..end].to_owned()
+}
+
+#[test]
+fn every_key_of_every_provider_section_is_documented_in_its_block() {
+    let secret = "0123456789abcdef-secret";
+    let sections = [
+        (
+            "webhook",
+            format!(
+                "url = \"http://127.0.0.1:9/sms\"\ntoken = \"{secret}\"\ntoken_credential = \"t\"\nmethod = \"PUT\"\ncontent_type = \"application/json\"\nbody = '{{\"to\": \"{{{{to}}}}\"}}'\n"
+            ),
+        ),
+        (
+            "kannel",
+            format!(
+                "url = \"http://127.0.0.1:13013/cgi-bin/sendsms\"\nusername = \"u\"\npassword = \"{secret}\"\npassword_credential = \"p\"\nfrom = \"BANK\"\ndlr_url_base = \"https://sms.example.com\"\ncallback_secret = \"{secret}\"\ncallback_secret_credential = \"c\"\n"
+            ),
+        ),
+        (
+            "twilio",
+            format!(
+                "account_sid = \"AC0123456789abcdef0123456789abcdef\"\nauth_token = \"{secret}\"\nauth_token_credential = \"a\"\nfrom = \"+15005550006\"\nbase_url = \"https://api.twilio.com\"\nstatus_callback_url = \"https://sms.example.com/callbacks/twilio\"\n"
+            ),
+        ),
+        (
+            "infobip",
+            format!(
+                "base_url = \"https://xyz.api.infobip.com\"\napi_key = \"{secret}\"\napi_key_credential = \"k\"\nfrom = \"BANK\"\nnotify_url = \"https://sms.example.com\"\ncallback_secret = \"{secret}\"\ncallback_secret_credential = \"c\"\n"
+            ),
+        ),
+        (
+            "africastalking",
+            format!(
+                "username = \"bank\"\napi_key = \"{secret}\"\napi_key_credential = \"k\"\nfrom = \"BANK\"\nbase_url = \"https://api.sandbox.africastalking.com\"\ncallback_secret = \"{secret}\"\ncallback_secret_credential = \"c\"\n"
+            ),
+        ),
+    ];
+    for (name, section) in sections {
+        let file = write_config(&format!(
+            "[database]\nurl = \"postgres://127.0.0.1/platform\"\n[provider]\nkind = \"{name}\"\n[provider.{name}]\n{section}"
+        ));
+        let output = run(smsrelay().args(["check-config", "--config", file.to_str().unwrap()]));
+        assert!(output.status.success(), "{name}: {}", stderr(&output));
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            !stdout.contains(secret),
+            "{name}: a secret was printed: {stdout}"
+        );
+        let printed = stdout
+            .split(&format!("[provider.{name}]\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("{name}: its section is printed: {stdout}"));
+        let block = reference_block(name);
+        let mut keys = 0;
+        for line in printed.lines().take_while(|l| !l.starts_with('[')) {
+            let Some((key, _)) = line.split_once(" = ") else {
+                continue;
+            };
+            keys += 1;
+            assert!(
+                block.contains(&format!("# {key} =")) || block.contains(&format!("\n{key} =")),
+                "provider.{name}.{key} is documented in its block of config/smsrelay.toml"
+            );
+        }
+        assert_eq!(
+            keys,
+            section.lines().count(),
+            "{name}: every key set is printed: {printed}"
+        );
+    }
+}
+
+#[test]
+fn opt_out_remove_clears_a_number_on_sqlite_and_masks_it() {
+    let dir = workdir();
+    let url = format!("sqlite://{}", dir.join("smsrelay.db").display());
+    let migrate = run(smsrelay()
+        .args(["migrate"])
+        .env("SMSRELAY_DATABASE__URL", &url));
+    assert!(migrate.status.success(), "{}", stderr(&migrate));
+    // SHA-256 of "+254712345678", as the dispatcher records it.
+    let key = "7e68ed1fbff891757a23ef26f54dd9de094c47613a21f736deb30c14b70e8127";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pool = runtime.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO sms_opt_out (number_sha256, provider, sms_id) VALUES (?1, 'twilio', 1)",
+        )
+        .bind(key)
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool
+    });
+    let count = || {
+        runtime.block_on(async {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sms_opt_out")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        })
+    };
+    let remove = || {
+        run(smsrelay()
+            .args(["opt-out", "remove", "0712 345 678"])
+            .env("SMSRELAY_DATABASE__URL", &url)
+            .env("SMSRELAY_VALIDATION__DEFAULT_REGION", "KE"))
+    };
+    let first = remove();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let stdout = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(stdout.contains("removed"), "{stdout}");
+    assert!(
+        !stdout.contains("712345678") && !stdout.contains("712 345 678"),
+        "masked: {stdout}"
+    );
+    assert_eq!(count(), 0);
+    let again = remove();
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("was not opted out"));
+    let bad = run(smsrelay()
+        .args(["opt-out", "remove", "not a number"])
+        .env("SMSRELAY_DATABASE__URL", &url));
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("number"), "{}", stderr(&bad));
 }

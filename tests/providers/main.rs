@@ -8,7 +8,10 @@ mod support;
 #[path = "../support/kannel.rs"]
 mod kannel;
 
+mod africastalking_provider;
+mod infobip_provider;
 mod kannel_daemon;
 mod kannel_gateway;
 mod kannel_provider;
 mod twilio_provider;
+mod webhook_template;

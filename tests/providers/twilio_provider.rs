@@ -320,6 +320,16 @@ async fn the_dispatcher_sends_declines_and_keeps_retrying_as_twilio_answers() {
             .starts_with("opted-out"),
         "{o:?}"
     );
+    // 21610: the number is on the opt-out list, so the next message to it is never sent.
+    let key =
+        smsrelay::domain::opt_out::OptOutKey::of(&E164::parse("+254712345602", None).unwrap());
+    assert_eq!(
+        db.store
+            .opted_out(std::slice::from_ref(&key))
+            .await
+            .unwrap(),
+        vec![key]
+    );
     assert_eq!(row(invalid).await.status.as_str(), "declined");
     // A rejected token is the operator's to fix: the message is not declined,
     // and goes back to pending without spending its attempt.

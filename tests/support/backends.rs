@@ -110,6 +110,7 @@ pub fn options(url: &str) -> StoreOptions {
         pool_size: 10,
         connect_timeout: Duration::from_secs(5),
         directory: DirectoryQueries::default(),
+        session: Default::default(),
     }
 }
 

@@ -12,7 +12,7 @@ use smsrelay::provider::{Provider, ProviderKind};
 use smsrelay::store::postgres::PgStore;
 /// The store's parts, so that tests call their methods on a concrete store.
 #[allow(unused_imports)]
-pub use smsrelay::store::{Directory, Leases, Messages, Queue, Schema};
+pub use smsrelay::store::{Directory, Leases, Messages, OptOuts, Queue, Reports, Schema};
 use smsrelay::store::{Store, StoreOptions};
 use sqlx::postgres::PgPool;
 use sqlx::{Connection, PgConnection};
@@ -38,6 +38,7 @@ pub fn options(url: &str) -> StoreOptions {
         pool_size: 10,
         connect_timeout: Duration::from_secs(5),
         directory: Default::default(),
+        session: Default::default(),
     }
 }
 
