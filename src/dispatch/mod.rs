@@ -36,6 +36,8 @@ pub struct Options {
     pub batch_size: u32,
     pub concurrency: u32,
     pub poll_interval: Duration,
+    /// Watch for the platform's inserts (see [`crate::store::Schema::watch_inserts`]).
+    pub wake_on_insert: bool,
     pub lease: Duration,
     pub retry: RetryPolicy,
     pub guarantee: Guarantee,
@@ -128,6 +130,7 @@ impl Dispatcher {
     /// Runs until `stop` is cancelled: claims, sends, records, and waits for work.
     /// Database trouble is logged and retried with backoff; it never ends the loop.
     pub async fn run(&self, stop: CancellationToken, ping: impl Fn() + Sync) {
+        let watcher = self.watch_inserts(&stop);
         let heartbeat = Heartbeat::new(&ping, self.options.watchdog_every, self.options.step_limit);
         let mut backoff = Duration::ZERO;
         while !stop.is_cancelled() {
@@ -149,6 +152,20 @@ impl Dispatcher {
                 }
             }
         }
+        drop(watcher);
+    }
+
+    /// Starts waking the loop on the platform's inserts, where the database
+    /// can tell and `wake_on_insert` is on, until the guard is dropped.
+    fn watch_inserts(&self, stop: &CancellationToken) -> tokio_util::sync::DropGuard {
+        let watching = stop.child_token();
+        if self.options.wake_on_insert {
+            let (store, wake, token) = (self.store.clone(), self.wake.clone(), watching.clone());
+            tokio::spawn(async move {
+                store.watch_inserts(&|| wake.notify_one(), &token).await;
+            });
+        }
+        watching.drop_guard()
     }
 
     /// Waits for work, a wake-up or shutdown, feeding the watchdog meanwhile.

@@ -37,6 +37,10 @@ pub struct DispatchSettings {
     pub shutdown_grace: Duration,
     /// What an ambiguous send (request written, answer lost) leads to.
     pub guarantee: Guarantee,
+    /// Wake up when the platform inserts a message instead of at the next
+    /// poll: PostgreSQL LISTEN/NOTIFY, SQLite `PRAGMA data_version`. Off
+    /// behind a transaction-mode pooler (PgBouncer), where LISTEN cannot work.
+    pub wake_on_insert: bool,
 }
 
 impl Default for DispatchSettings {
@@ -53,6 +57,7 @@ impl Default for DispatchSettings {
             backoff_multiplier: 3.0,
             shutdown_grace: Duration::from_secs(20),
             guarantee: Guarantee::AtLeastOnce,
+            wake_on_insert: true,
         }
     }
 }
@@ -158,6 +163,7 @@ impl DispatchSettings {
             batch_size: self.batch_size,
             concurrency: self.concurrency,
             poll_interval: self.poll_interval,
+            wake_on_insert: self.wake_on_insert,
             lease: self.lease,
             retry: self.retry_policy(),
             guarantee: self.guarantee,

@@ -6,6 +6,7 @@
 
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
+use tokio_util::sync::CancellationToken;
 
 use super::batch::{directory_error, lookup_from};
 use super::query::{self, Arg, Style};
@@ -61,6 +62,11 @@ pub(super) trait Backend: Send + Sync + 'static {
 
     /// Applies the migrations (each dialect has its own cautions).
     async fn apply_migrations(&self) -> Result<(), StoreError>;
+
+    /// See [`Schema::watch_inserts`]; by default the database cannot tell.
+    async fn watch_inserts(&self, wake: &(dyn Fn() + Send + Sync), stop: &CancellationToken) {
+        let _ = (wake, stop);
+    }
 
     /// Inserts a new row and returns its id, or `None` when its idempotency
     /// key is already used. Here PostgreSQL's and SQLite's
@@ -253,6 +259,10 @@ impl<B: Backend> Schema for B {
         self.fetch(DEMO_CREATE, &[]).await?;
         self.fetch(B::DEMO_INSERT, &[]).await?;
         Ok(())
+    }
+
+    async fn watch_inserts(&self, wake: &(dyn Fn() + Send + Sync), stop: &CancellationToken) {
+        Backend::watch_inserts(self, wake, stop).await
     }
 }
 

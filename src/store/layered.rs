@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 
 use super::{
     Claim, Directory, Enqueued, Leases, Lookup, Messages, OptOuts, Page, Queue, QueueStats,
@@ -118,6 +119,9 @@ impl Schema for Layered {
     }
     async fn create_demo_directory(&self) -> Result<(), StoreError> {
         self.store.create_demo_directory().await
+    }
+    async fn watch_inserts(&self, wake: &(dyn Fn() + Send + Sync), stop: &CancellationToken) {
+        self.store.watch_inserts(wake, stop).await
     }
 }
 

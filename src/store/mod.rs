@@ -20,6 +20,7 @@ mod rows;
 mod session;
 pub mod settings;
 pub mod sqlite;
+mod wakeups;
 
 pub use backend::QUEUE_COUNTS;
 pub use layered::with_queue;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 
 pub use session::Session;
 pub use settings::{DEFAULT_DATABASE_URL, DatabaseSettings};
@@ -380,6 +382,15 @@ pub trait Schema: Send + Sync + 'static {
     /// Creates the table `smsrelay_demo_directory` holding made-up numbers for
     /// `smsrelay demo` (see [`DEMO_CREATE`]); rows already there are kept.
     async fn create_demo_directory(&self) -> Result<(), StoreError>;
+
+    /// Calls `wake` soon after the platform commits new messages, until
+    /// `stop`, so the dispatcher need not wait for its next poll. Where the
+    /// database cannot tell (MySQL/MariaDB) it returns at once and the
+    /// dispatcher polls. Trouble is logged and retried here; polling covers
+    /// any gap.
+    async fn watch_inserts(&self, wake: &(dyn Fn() + Send + Sync), stop: &CancellationToken) {
+        let _ = (wake, stop);
+    }
 }
 
 /// Delivery reports, from the providers' callback routes.

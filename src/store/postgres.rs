@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres};
+use tokio_util::sync::CancellationToken;
 
 use super::backend::{Backend, DirectorySql};
 use super::batch::{
@@ -302,6 +303,10 @@ impl Backend for PgStore {
     async fn apply_migrations(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
+    }
+
+    async fn watch_inserts(&self, wake: &(dyn Fn() + Send + Sync), stop: &CancellationToken) {
+        super::wakeups::listen_postgres(&self.pool, wake, stop).await
     }
 
     async fn due_stats(&self) -> Result<(i64, f64), StoreError> {

@@ -28,6 +28,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row, Sqlite};
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 
 use super::backend::{Backend, DirectorySql};
 use super::batch::{
@@ -364,6 +365,10 @@ impl Backend for SqliteStore {
             tracing::debug!(error = %e, "another process is applying the migrations");
             applied = now;
         }
+    }
+
+    async fn watch_inserts(&self, wake: &(dyn Fn() + Send + Sync), stop: &CancellationToken) {
+        super::wakeups::watch_sqlite(&self.pool.connect_options(), wake, stop).await
     }
 
     async fn due_stats(&self) -> Result<(i64, f64), StoreError> {

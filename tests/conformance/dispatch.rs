@@ -378,3 +378,50 @@ async fn the_idempotency_key_is_stable_per_message_and_unique_across_databases(d
         "{keys:?}"
     );
 }
+
+/// With a poll 30 s away, a message the platform INSERTs is sent at once:
+/// the dispatcher is woken by the database (PostgreSQL LISTEN/NOTIFY,
+/// SQLite `PRAGMA data_version`), not by its poll.
+async fn a_new_message_wakes_the_dispatcher_before_its_next_poll(db: TestStore) {
+    let provider = accepting_provider().await;
+    let mut config = config(&db, &provider.uri());
+    config.dispatch.poll_interval = Duration::from_secs(30);
+    let dispatcher = Arc::new(dispatcher(&db, &config));
+    let stop = CancellationToken::new();
+    let running = tokio::spawn({
+        let (dispatcher, stop) = (dispatcher.clone(), stop.clone());
+        async move { dispatcher.run(stop, || {}).await }
+    });
+    // Its first poll found nothing; it now waits for the next one.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let inserted = std::time::Instant::now();
+    let id = db.insert(7, "+254712345678", "your code is 123456").await;
+    let sent = eventually(Duration::from_secs(5), || async {
+        db.status(id).await == "sent"
+    })
+    .await;
+    eprintln!(
+        "{:?}: insert to sent in {:?}",
+        db.backend,
+        inserted.elapsed()
+    );
+    stop.cancel();
+    running.await.unwrap();
+    assert!(sent, "sent before the next poll, 30 s away");
+    assert_eq!(received_ids(&provider).await, [id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_message_wakes_the_dispatcher_on_postgres() {
+    if let Some(db) = TestStore::new(crate::backends::Backend::Postgres).await {
+        a_new_message_wakes_the_dispatcher_before_its_next_poll(db).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_message_wakes_the_dispatcher_on_sqlite() {
+    if let Some(db) = TestStore::new(crate::backends::Backend::Sqlite).await {
+        a_new_message_wakes_the_dispatcher_before_its_next_poll(db).await
+    }
+}
