@@ -33,8 +33,14 @@ impl Application {
     /// Builds the parts from a validated config; connects lazily, binds the API now.
     pub fn build(config: &Config) -> anyhow::Result<Self> {
         let store = store::open(&config.store_options()?)?;
+        Self::with_store(config, store)?.with_api(config)
+    }
+
+    /// Builds the parts around a given store, the provider (or providers, in
+    /// failover order) from the config (tests use this).
+    pub fn with_store(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
         let provider = config.provider.build()?;
-        Self::from_parts(config, store, provider).with_api(config)
+        Ok(Self::assemble(config, store, provider))
     }
 
     /// Binds `[api] listen` and prepares the router (no-op when the API is disabled).
@@ -101,12 +107,24 @@ impl Application {
         self.api.as_ref().and_then(|(l, _, _)| l.local_addr().ok())
     }
 
-    /// Builds the parts around a given store and provider (tests use this).
+    /// Builds the parts around a given store and provider (tests use this);
+    /// the provider goes behind its health gate, with its section's limits.
     pub fn from_parts(config: &Config, store: Arc<dyn Store>, provider: Arc<dyn Provider>) -> Self {
-        // A send is bounded by provider.timeout and a database call by
+        let provider = config.provider.gate(provider);
+        Self::assemble(config, store, provider)
+    }
+
+    /// The parts around a provider that is ready to send (gated, routed).
+    fn assemble(config: &Config, store: Arc<dyn Store>, provider: Arc<dyn Provider>) -> Self {
+        // A send is bounded by provider.timeout (after waiting at most its
+        // longest rate-limit wait) and a database call by
         // database.call_timeout; a step longer than both means the loop is stuck.
-        let step_limit =
-            config.provider.timeout.max(config.database.call_timeout) + Duration::from_secs(5);
+        let send_limit = config.provider.timeout.saturating_add(
+            config
+                .provider
+                .longest_rate_wait(config.validation.max_segments),
+        );
+        let step_limit = send_limit.max(config.database.call_timeout) + Duration::from_secs(5);
         let options =
             config
                 .dispatch
@@ -114,7 +132,6 @@ impl Application {
         let reaper = config
             .housekeeping
             .reaper(config.dispatch.max_attempts, config.dispatch.guarantee);
-        let provider = crate::provider::health::HealthGated::wrap(provider);
         let dispatcher = Arc::new(Dispatcher::new(store.clone(), provider.clone(), options));
         Self {
             store,

@@ -105,6 +105,9 @@ pub struct AttemptItem {
     pub http_status: Option<u16>,
     pub provider_message_id: Option<String>,
     pub error: Option<String>,
+    /// The provider the request went to (its `[provider.<name>]`, so with
+    /// `provider.order` it shows a failover); null when none was asked.
+    pub provider: Option<String>,
 }
 
 impl From<AttemptRecord> for AttemptItem {
@@ -118,6 +121,7 @@ impl From<AttemptRecord> for AttemptItem {
             http_status: a.http_status,
             provider_message_id: a.provider_message_id,
             error: a.error,
+            provider: a.provider,
         }
     }
 }

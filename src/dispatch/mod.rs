@@ -18,13 +18,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::opt_out::OptOutKey;
-use crate::domain::outcome::{self, AttemptEnd, Guarantee, Lost};
+use crate::domain::outcome::{self, AttemptEnd, Guarantee, Lost, ReleaseReason};
 use crate::domain::phone::mask;
 use crate::domain::retry::RetryPolicy;
 pub use crate::domain::validation::Rules;
 use crate::domain::validation::{self, Ready};
 use crate::domain::{AttemptOutcome, ClaimedSms, NextState, Outcome};
-use crate::provider::{OutboundSms, Provider, Readiness, SendOutcome};
+use crate::provider::{OutboundSms, Provider, Readiness, SendOutcome, SentVia};
 use crate::store::{Claim, RecordReport, Store, StoreError};
 use heartbeat::Heartbeat;
 use lease::BatchLease;
@@ -65,8 +65,8 @@ pub struct BatchReport {
     pub failed: usize,
     /// Outcomes refused by the fence (the row was no longer ours).
     pub stale: u64,
-    /// Claimed but never sent (shutdown began, or the provider is paused);
-    /// handed back to `pending` with the attempt undone.
+    /// Claimed but not taken by the provider (shutdown began, the provider
+    /// is paused or throttling); handed back to `pending` with the attempt undone.
     pub released: usize,
 }
 
@@ -92,16 +92,21 @@ pub struct Dispatcher {
     wake: Arc<Notify>,
 }
 
-/// The send tasks of one batch, and the claimed row (with its segment count) each one carries.
+/// A claimed row the provider did not take: (id, attempt, why).
+type Unsent = (i64, u32, ReleaseReason);
+
+/// The send tasks of one batch, and what each one carries: the claimed row,
+/// its segment count, and the provider its request went to once started.
 #[derive(Default)]
 struct InFlight {
     tasks: JoinSet<TaskEnd>,
-    rows: HashMap<tokio::task::Id, (ClaimedSms, u32)>,
+    rows: HashMap<tokio::task::Id, (ClaimedSms, u32, Arc<SentVia>)>,
 }
 
 /// The end of one send task.
 enum TaskEnd {
-    /// Shutdown began before the request started.
+    /// Shutdown began before the request started (waiting for a slot, or
+    /// for the provider's rate limit).
     NotStarted,
     Done(SendOutcome),
 }
@@ -222,7 +227,8 @@ impl Dispatcher {
             .await;
         report.count(&outcomes);
         report.stale = self.record(stop, heartbeat, &mut lease, &outcomes).await?;
-        lease.keep_only(&unsent);
+        let unsent_rows: Vec<(i64, u32)> = unsent.iter().map(|(id, a, _)| (*id, *a)).collect();
+        lease.keep_only(&unsent_rows);
         report.released = self
             .release_unsent(stop, heartbeat, &mut lease, &unsent)
             .await?;
@@ -247,15 +253,15 @@ impl Dispatcher {
     }
 
     /// Validates and sends every claimed message, at most `concurrency` at a
-    /// time. Returns one outcome per message that was refused or offered to
-    /// the provider, and the (id, attempt) of those shutdown kept from starting.
+    /// time. Returns one outcome per message that was refused or answered,
+    /// and the (id, attempt, why) of those the provider did not take.
     async fn send_batch(
         &self,
         messages: Vec<ClaimedSms>,
         stop: &CancellationToken,
         heartbeat: &Heartbeat<'_>,
         lease: &mut BatchLease,
-    ) -> (Vec<Outcome>, Vec<(i64, u32)>) {
+    ) -> (Vec<Outcome>, Vec<Unsent>) {
         let mut outcomes = Vec::with_capacity(messages.len());
         let mut in_flight = InFlight::default();
         let permits = Arc::new(Semaphore::new(self.options.concurrency as usize));
@@ -278,7 +284,10 @@ impl Dispatcher {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the opt-out list; the batch goes back to pending");
-                let unsent = valid.iter().map(|(m, _)| (m.id, m.attempt)).collect();
+                let unsent = valid
+                    .iter()
+                    .map(|(m, _)| (m.id, m.attempt, ReleaseReason::OptOutsUnread))
+                    .collect();
                 return (outcomes, unsent);
             }
         };
@@ -324,6 +333,8 @@ impl Dispatcher {
             sms.send_key.clone(),
             ready.segments,
         );
+        let via = Arc::new(SentVia::default());
+        let sent_via = via.clone();
         let handle = in_flight.tasks.spawn(async move {
             // Waiting for a slot is abandoned at shutdown; a started request is not.
             let _permit = tokio::select! {
@@ -340,15 +351,29 @@ impl Dispatcher {
                 send_key: &send_key,
             };
             let started = std::time::Instant::now();
-            let answer = provider.send(&outbound).await;
+            let send = provider.send_via(&outbound, &sent_via);
+            tokio::pin!(send);
+            let answer = tokio::select! {
+                answer = &mut send => answer,
+                // Still held back by the provider's limits: give up the wait.
+                // A request already under way is let finish (the grace period).
+                _ = stop.cancelled() => {
+                    if sent_via.provider().is_none() {
+                        return TaskEnd::NotStarted;
+                    }
+                    send.await
+                }
+            };
             metrics::histogram!("smsrelay_send_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
             if answer.is_opted_out() {
-                record_opt_out(&*store, &opt_out_key, provider.name(), id).await;
+                let via = sent_via.provider();
+                let name = via.as_deref().unwrap_or(provider.name());
+                record_opt_out(&*store, &opt_out_key, name, id).await;
             }
             TaskEnd::Done(answer)
         });
-        in_flight.rows.insert(handle.id(), (sms, segments));
+        in_flight.rows.insert(handle.id(), (sms, segments, via));
     }
 
     /// Waits for every send task and settles each one, renewing the lease of
@@ -362,9 +387,8 @@ impl Dispatcher {
         stop: &CancellationToken,
         heartbeat: &Heartbeat<'_>,
         outcomes: &mut Vec<Outcome>,
-        unsent: &mut Vec<(i64, u32)>,
+        unsent: &mut Vec<Unsent>,
     ) {
-        let provider = self.provider.name();
         let mut deadline: Option<Instant> = None;
         loop {
             if lease.is_due() {
@@ -381,24 +405,29 @@ impl Dispatcher {
                 Ok((task_id, end)) => (task_id, Ok(end)),
                 Err(e) => (e.id(), Err(e)),
             };
-            let Some((sms, segments)) = in_flight.rows.remove(&task_id) else {
+            let Some((sms, segments, via)) = in_flight.rows.remove(&task_id) else {
                 continue;
             };
-            let end = match end {
-                Ok(TaskEnd::NotStarted) => {
-                    unsent.push((sms.id, sms.attempt));
+            let provider = via.provider();
+            let end = match (end, provider.as_deref()) {
+                // Shutdown came before the request started.
+                (Ok(TaskEnd::NotStarted), _) | (Err(_), None) => {
+                    unsent.push((sms.id, sms.attempt, ReleaseReason::Shutdown));
                     continue;
                 }
-                Ok(TaskEnd::Done(answer)) if answer.returns_unspent() => {
-                    unsent.push((sms.id, sms.attempt));
-                    continue;
-                }
-                Ok(TaskEnd::Done(answer)) => AttemptEnd::Answered {
-                    provider,
-                    segments,
-                    answer,
+                (Ok(TaskEnd::Done(answer)), provider) => match answer.unspent() {
+                    // Held back, or refused as a whole (our configuration, a 429).
+                    Some(why) => {
+                        unsent.push((sms.id, sms.attempt, why));
+                        continue;
+                    }
+                    None => AttemptEnd::Answered {
+                        provider: provider.unwrap_or(self.provider.name()),
+                        segments,
+                        answer,
+                    },
                 },
-                Err(e) => AttemptEnd::Lost {
+                (Err(e), Some(provider)) => AttemptEnd::Lost {
                     provider,
                     segments,
                     cause: if e.is_cancelled() {
@@ -559,27 +588,41 @@ impl Dispatcher {
         Ok(total)
     }
 
-    /// Hands rows that were never sent back to `pending`; returns how many.
+    /// Hands rows the provider did not take back to `pending`, one write per
+    /// reason; returns how many.
     async fn release_unsent(
         &self,
         stop: &CancellationToken,
         heartbeat: &Heartbeat<'_>,
         lease: &mut BatchLease,
-        unsent: &[(i64, u32)],
+        unsent: &[Unsent],
     ) -> Result<usize, StoreError> {
-        if unsent.is_empty() {
-            return Ok(0);
-        }
         let instance = &self.options.instance;
-        let released = self
-            .with_db_retry(stop, heartbeat, lease, "release unsent", || {
-                self.store.release(instance, unsent)
-            })
-            .await?;
-        tracing::info!(
-            released,
-            "claimed messages handed back unsent (shutdown, or the provider is paused)"
-        );
+        for why in [
+            ReleaseReason::Shutdown,
+            ReleaseReason::ProviderPaused,
+            ReleaseReason::Throttled,
+            ReleaseReason::OptOutsUnread,
+        ] {
+            let rows: Vec<(i64, u32)> = unsent
+                .iter()
+                .filter(|(_, _, w)| *w == why)
+                .map(|(id, attempt, _)| (*id, *attempt))
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let released = self
+                .with_db_retry(stop, heartbeat, lease, "release unsent", || {
+                    self.store.release(instance, &rows, why)
+                })
+                .await?;
+            tracing::info!(
+                released,
+                reason = why.event_reason(),
+                "claimed messages handed back to pending, attempt not spent"
+            );
+        }
         Ok(unsent.len())
     }
 

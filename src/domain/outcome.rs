@@ -66,6 +66,41 @@ pub enum Unavailable {
     /// The health gate is holding sends back (paused, or circuit open); the
     /// provider was not asked.
     Paused,
+    /// The health gate is holding sends back for a provider's Retry-After;
+    /// the provider was not asked.
+    Throttled,
+}
+
+/// Why a claimed message goes back to `pending` with its attempt undone:
+/// nothing the provider decided about it (the event's reason says which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReleaseReason {
+    /// Shutdown began before its request started.
+    Shutdown,
+    /// The provider refused our configuration, or its health gate held the send back.
+    ProviderPaused,
+    /// The provider answered 429, or its gate is waiting out a Retry-After.
+    Throttled,
+    /// The opt-out list could not be read, so the batch was not sent.
+    OptOutsUnread,
+}
+
+impl ReleaseReason {
+    /// The reason on the `sending -> pending` event.
+    pub fn event_reason(self) -> &'static str {
+        match self {
+            ReleaseReason::Shutdown => "released unsent at shutdown",
+            ReleaseReason::ProviderPaused => {
+                "returned unsent, attempt not spent: provider paused (configuration refused or circuit open)"
+            }
+            ReleaseReason::Throttled => {
+                "returned unsent, attempt not spent: provider throttling (HTTP 429 / Retry-After)"
+            }
+            ReleaseReason::OptOutsUnread => {
+                "returned unsent, attempt not spent: the opt-out list could not be read"
+            }
+        }
+    }
 }
 
 /// How the reason of a message declined because its recipient unsubscribed
@@ -89,17 +124,42 @@ impl SendOutcome {
         matches!(self, SendOutcome::Permanent { error, .. } if error.starts_with(OPTED_OUT))
     }
 
-    /// Whether the provider was never asked (the health gate held the send
-    /// back): the message is handed back to `pending` with its attempt undone
-    /// instead of being settled.
-    pub fn returns_unspent(&self) -> bool {
+    /// Whether the health gate held the send back: the provider was never asked.
+    pub fn was_held_back(&self) -> bool {
         matches!(
             self,
             SendOutcome::ProviderUnavailable {
-                cause: Unavailable::Paused,
+                cause: Unavailable::Paused | Unavailable::Throttled,
                 ..
             }
         )
+    }
+
+    /// Whether the provider is throttling us as a whole (HTTP 429).
+    pub fn is_throttle(&self) -> bool {
+        matches!(
+            self,
+            SendOutcome::Transient {
+                http_status: Some(429),
+                ..
+            }
+        )
+    }
+
+    /// Why this answer hands the message back to `pending` with its attempt
+    /// undone, if it does: the gate held it back, or the provider refused us
+    /// (our configuration, or a 429) rather than the message. None: the
+    /// answer is settled as an attempt.
+    pub fn unspent(&self) -> Option<ReleaseReason> {
+        match self {
+            SendOutcome::ProviderUnavailable {
+                cause: Unavailable::Throttled,
+                ..
+            } => Some(ReleaseReason::Throttled),
+            SendOutcome::ProviderUnavailable { .. } => Some(ReleaseReason::ProviderPaused),
+            answer if answer.is_throttle() => Some(ReleaseReason::Throttled),
+            _ => None,
+        }
     }
 }
 
@@ -232,10 +292,9 @@ pub fn settle(sms: &ClaimedSms, end: AttemptEnd<'_>, rules: Rules<'_>, jitter: f
                     rules,
                     jitter,
                 ),
-                // A configuration answer is the setup's fault: retried with the
-                // error on the row, and the health gate pauses the provider so
-                // the rest of the backlog keeps its attempts. (Sends the gate
-                // held back are handed back unspent, `returns_unspent`.)
+                // The dispatcher hands these back unspent (`SendOutcome::unspent`)
+                // and never settles them; should one be settled anyway, it is the
+                // setup's fault: retried with the error on the row.
                 SendOutcome::ProviderUnavailable {
                     error, http_status, ..
                 } => retry_or_fail(

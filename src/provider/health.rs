@@ -8,13 +8,18 @@
 //! - `breaker_threshold` consecutive failures (5xx, timeouts, connection
 //!   errors) open the circuit, with the same backoff between probes.
 //!
+//! - `[provider.<name>] rate_limit` (segments per second, a token bucket
+//!   from `governor`; a 3-part message takes 3 tokens) and `max_in_flight`
+//!   hold each send back until it fits, before the gate admits it.
+//!
 //! When a pause ends one send goes through as a probe; its answer closes the
 //! gate (anything the provider decided: accepted or refused) or pauses it
 //! again for twice as long. While paused the dispatcher claims nothing, and
 //! one message for the probe ([`Provider::readiness`]); a send the gate
 //! refuses (another instance's, or one already claimed when the pause began)
-//! answers [`Unavailable::Paused`] and the message goes back to `pending`
-//! with its attempt undone. The pause is logged once, with
+//! answers [`Unavailable::Paused`] (or `Throttled`) and the message goes back
+//! to `pending` with its attempt undone, as does the message whose answer
+//! paused the provider (a configuration refusal or a 429). The pause is logged once, with
 //! the provider and the reason, and `smsrelay_provider_paused{provider}` is 1
 //! while it lasts.
 
@@ -23,7 +28,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{CallbackContext, OutboundSms, Provider, Readiness, SendOutcome, Unavailable};
+use super::{
+    CallbackContext, OutboundSms, Provider, Readiness, SendLimits, SendOutcome, SentVia,
+    Unavailable,
+};
 
 /// How the gate reacts; [`Policy::default`] is what the daemon uses.
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +98,10 @@ struct State {
 pub struct HealthGated {
     inner: Arc<dyn Provider>,
     policy: Policy,
+    /// One token per segment, refilled at `rate_limit` per second.
+    rate: Option<governor::DefaultDirectRateLimiter>,
+    /// `max_in_flight` permits.
+    in_flight: Option<tokio::sync::Semaphore>,
     state: Mutex<State>,
     /// The gauge is first set at the first dispatch cycle: the metrics
     /// recorder is installed after the provider is built.
@@ -120,18 +132,39 @@ impl Drop for ProbeGuard<'_> {
 }
 
 impl HealthGated {
-    /// `inner` behind a gate with the default policy.
-    pub fn wrap(inner: Arc<dyn Provider>) -> Arc<dyn Provider> {
-        Self::with_policy(inner, Policy::default())
+    /// `inner` behind a gate with the default policy and its section's limits.
+    pub fn wrap(inner: Arc<dyn Provider>, limits: SendLimits) -> Arc<dyn Provider> {
+        Arc::new(Self::new(inner, Policy::default(), limits))
     }
 
-    pub fn with_policy(inner: Arc<dyn Provider>, policy: Policy) -> Arc<dyn Provider> {
-        Arc::new(Self {
+    fn new(inner: Arc<dyn Provider>, policy: Policy, limits: SendLimits) -> Self {
+        Self {
             inner,
             policy,
+            rate: limits.rate_limit.and_then(token_bucket),
+            in_flight: limits
+                .max_in_flight
+                .map(|n| tokio::sync::Semaphore::new(n as usize)),
             state: Mutex::new(State::default()),
             gauge_started: Once::new(),
-        })
+        }
+    }
+
+    /// Waits until the send fits `max_in_flight` and `rate_limit`; the
+    /// permit it returns is held until the answer.
+    async fn fit(&self, segments: u32) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let permit = match &self.in_flight {
+            // The semaphore is never closed.
+            Some(slots) => slots.acquire().await.ok(),
+            None => None,
+        };
+        if let Some(bucket) = &self.rate {
+            // One token at a time: a message longer than the burst still gets through.
+            for _ in 0..segments.max(1) {
+                bucket.until_ready().await;
+            }
+        }
+        permit
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -155,7 +188,10 @@ impl HealthGated {
                 pause.reason.as_str()
             ),
             http_status: None,
-            cause: Unavailable::Paused,
+            cause: match pause.reason {
+                PauseReason::Throttled => Unavailable::Throttled,
+                _ => Unavailable::Paused,
+            },
         })
     }
 
@@ -206,7 +242,7 @@ impl HealthGated {
                 }
             }
             SendOutcome::ProviderUnavailable {
-                cause: Unavailable::Paused,
+                cause: Unavailable::Paused | Unavailable::Throttled,
                 ..
             } => {}
         }
@@ -291,6 +327,11 @@ impl Provider for HealthGated {
     }
 
     async fn send(&self, sms: &OutboundSms<'_>) -> SendOutcome {
+        self.send_via(sms, &SentVia::default()).await
+    }
+
+    async fn send_via(&self, sms: &OutboundSms<'_>, via: &SentVia) -> SendOutcome {
+        let _in_flight = self.fit(sms.segments).await;
         let probe = match self.admit(Instant::now()) {
             Admission::Refused(outcome) => return outcome,
             Admission::Normal => false,
@@ -300,7 +341,7 @@ impl Provider for HealthGated {
             gate: self,
             armed: probe,
         };
-        let answer = self.inner.send(sms).await;
+        let answer = self.inner.send_via(sms, via).await;
         guard.armed = false;
         self.observe(probe, &answer, Instant::now());
         answer
@@ -308,6 +349,10 @@ impl Provider for HealthGated {
 
     fn callback_routes(&self, context: &CallbackContext) -> Option<axum::Router> {
         self.inner.callback_routes(context)
+    }
+
+    fn is_gated(&self) -> bool {
+        true
     }
 
     fn readiness(&self) -> Readiness {
@@ -322,6 +367,15 @@ impl Provider for HealthGated {
             _ => Readiness::ProbeOnly,
         }
     }
+}
+
+/// A bucket of one second's worth of segments (at least one), refilled at `per_second`.
+fn token_bucket(per_second: f64) -> Option<governor::DefaultDirectRateLimiter> {
+    let refill = Duration::try_from_secs_f64(1.0 / per_second).ok()?;
+    let burst =
+        std::num::NonZeroU32::new(per_second.floor().clamp(1.0, f64::from(u32::MAX)) as u32)?;
+    let quota = governor::Quota::with_period(refill)?.allow_burst(burst);
+    Some(governor::RateLimiter::direct(quota))
 }
 
 #[cfg(test)]
@@ -365,14 +419,13 @@ mod tests {
     }
 
     fn gate(answers: Vec<SendOutcome>) -> HealthGated {
-        HealthGated {
-            inner: Arc::new(Scripted {
+        HealthGated::new(
+            Arc::new(Scripted {
                 answers: Mutex::new(answers),
             }),
-            policy: Policy::default(),
-            state: Mutex::new(State::default()),
-            gauge_started: Once::new(),
-        }
+            Policy::default(),
+            SendLimits::default(),
+        )
     }
 
     async fn send(gate: &HealthGated) -> SendOutcome {
@@ -395,7 +448,7 @@ mod tests {
             assert_eq!(send(&gate).await, server_error());
         }
         assert!(matches!(gate.readiness(), Readiness::Paused(_)));
-        assert!(send(&gate).await.returns_unspent());
+        assert!(send(&gate).await.was_held_back());
         // Pretend the pause ran out: one probe goes through and closes the circuit.
         gate.lock().pause.as_mut().unwrap().until = Instant::now();
         assert_eq!(gate.readiness(), Readiness::ProbeOnly);
@@ -435,7 +488,7 @@ mod tests {
             panic!("not paused after a 429");
         };
         assert!(left > Duration::from_secs(29) && left <= Duration::from_secs(30));
-        assert!(send(&gate).await.returns_unspent());
+        assert!(send(&gate).await.was_held_back());
     }
 
     /// Found by smsrelay-chaos (seed 1): a send already out when the 429
@@ -453,7 +506,7 @@ mod tests {
         gate.observe(false, &throttled, Instant::now());
         gate.observe(false, &accepted(), Instant::now());
         assert!(matches!(gate.readiness(), Readiness::Paused(_)));
-        assert!(send(&gate).await.returns_unspent());
+        assert!(send(&gate).await.was_held_back());
         // The probe's answer, once the pause is over, still ends it.
         gate.lock().pause.as_mut().unwrap().until = Instant::now();
         assert_eq!(send(&gate).await, accepted());

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use super::callback::{self, check_callback_secret, parse_http_url, sanitized, secret_matches};
 use super::webhook::{request_failed_at, retry_after};
 use super::{
-    CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome,
-    Unavailable,
+    CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendLimits,
+    SendOutcome, Unavailable,
 };
 use crate::config::{ConfigError, invalid};
 use crate::domain::report::{DeliveryReport, ReportOutcome};
@@ -45,6 +45,12 @@ pub struct InfobipSettings {
     pub callback_secret: Option<Secret>,
     /// Name of a systemd credential holding the callback secret.
     pub callback_secret_credential: Option<String>,
+    /// Segments per second this instance sends at most (a 3-part message costs 3); unset: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<f64>,
+    /// Requests to this provider in flight at once at most; unset: only `dispatch.concurrency`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
 }
 
 impl Default for InfobipSettings {
@@ -57,6 +63,8 @@ impl Default for InfobipSettings {
             notify_url: None,
             callback_secret: None,
             callback_secret_credential: None,
+            rate_limit: None,
+            max_in_flight: None,
         }
     }
 }
@@ -116,6 +124,13 @@ impl ProviderSection for InfobipSettings {
 
     fn build(&self, instance: &ProviderInstance) -> Result<Arc<dyn Provider>, ConfigError> {
         Ok(Arc::new(InfobipProvider::from_settings(self, instance)?))
+    }
+
+    fn limits(&self) -> SendLimits {
+        SendLimits {
+            rate_limit: self.rate_limit,
+            max_in_flight: self.max_in_flight,
+        }
     }
 }
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use super::callback::{check_callback_secret, parse_http_url, secret_matches};
 use super::webhook::{request_failed_at, retry_after};
 use super::{
-    CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome,
-    Unavailable,
+    CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendLimits,
+    SendOutcome, Unavailable,
 };
 use crate::config::{ConfigError, invalid};
 use crate::domain::report::{DeliveryReport, ReportApplied, ReportOutcome};
@@ -43,6 +43,12 @@ pub struct KannelSettings {
     pub callback_secret: Option<Secret>,
     /// Name of a systemd credential holding the callback secret.
     pub callback_secret_credential: Option<String>,
+    /// Segments per second this instance sends at most (a 3-part message costs 3); unset: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<f64>,
+    /// Requests to this provider in flight at once at most; unset: only `dispatch.concurrency`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
 }
 
 impl KannelSettings {
@@ -109,6 +115,13 @@ impl ProviderSection for KannelSettings {
 
     fn build(&self, instance: &ProviderInstance) -> Result<Arc<dyn Provider>, ConfigError> {
         Ok(Arc::new(KannelProvider::from_settings(self, instance)?))
+    }
+
+    fn limits(&self) -> SendLimits {
+        SendLimits {
+            rate_limit: self.rate_limit,
+            max_in_flight: self.max_in_flight,
+        }
     }
 }
 

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use super::callback::parse_http_url;
 use super::webhook::{request_failed_at, retry_after};
 use super::{
-    CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome,
-    Unavailable,
+    CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendLimits,
+    SendOutcome, Unavailable,
 };
 use crate::config::{ConfigError, invalid};
 use crate::domain::report::{DeliveryReport, ReportApplied, ReportOutcome};
@@ -41,6 +41,12 @@ pub struct TwilioSettings {
     pub base_url: String,
     /// Public URL of this daemon's `/callbacks/twilio`, sent as `StatusCallback`.
     pub status_callback_url: Option<String>,
+    /// Segments per second this instance sends at most (a 3-part message costs 3); unset: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<f64>,
+    /// Requests to this provider in flight at once at most; unset: only `dispatch.concurrency`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
 }
 
 impl Default for TwilioSettings {
@@ -53,6 +59,8 @@ impl Default for TwilioSettings {
             messaging_service_sid: None,
             base_url: DEFAULT_BASE_URL.into(),
             status_callback_url: None,
+            rate_limit: None,
+            max_in_flight: None,
         }
     }
 }
@@ -129,6 +137,13 @@ impl ProviderSection for TwilioSettings {
 
     fn build(&self, instance: &ProviderInstance) -> Result<Arc<dyn Provider>, ConfigError> {
         Ok(Arc::new(TwilioProvider::from_settings(self, instance)?))
+    }
+
+    fn limits(&self) -> SendLimits {
+        SendLimits {
+            rate_limit: self.rate_limit,
+            max_in_flight: self.max_in_flight,
+        }
     }
 }
 

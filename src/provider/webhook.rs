@@ -12,7 +12,9 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 
 use super::template::{Encoding, Template, Values};
-use super::{OutboundSms, Provider, ProviderInstance, ProviderSection, SendOutcome, Unavailable};
+use super::{
+    OutboundSms, Provider, ProviderInstance, ProviderSection, SendLimits, SendOutcome, Unavailable,
+};
 use crate::config::{ConfigError, invalid};
 use crate::secrets::{Secret, resolve_secret};
 
@@ -33,6 +35,12 @@ pub struct WebhookSettings {
     /// With `body`: `application/json` (default) or
     /// `application/x-www-form-urlencoded`; placeholders are escaped for it.
     pub content_type: Option<String>,
+    /// Segments per second this instance sends at most (a 3-part message costs 3); unset: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<f64>,
+    /// Requests to this provider in flight at once at most; unset: only `dispatch.concurrency`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
 }
 
 /// A parsed request template: method, content type and body.
@@ -130,6 +138,13 @@ impl ProviderSection for WebhookSettings {
 
     fn build(&self, instance: &ProviderInstance) -> Result<Arc<dyn Provider>, ConfigError> {
         Ok(Arc::new(WebhookProvider::from_settings(self, instance)?))
+    }
+
+    fn limits(&self) -> SendLimits {
+        SendLimits {
+            rate_limit: self.rate_limit,
+            max_in_flight: self.max_in_flight,
+        }
     }
 }
 

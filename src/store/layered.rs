@@ -14,7 +14,7 @@ use super::{
     ReapReport, RecordReport, Reports, Schema, SmsQuery, Store, StoreError,
 };
 use crate::domain::opt_out::OptOutKey;
-use crate::domain::outcome::Guarantee;
+use crate::domain::outcome::{Guarantee, ReleaseReason};
 use crate::domain::report::{DeliveryReport, ReportApplied};
 use crate::domain::{AttemptRecord, EventRecord, NewSms, Outcome, Recipient, SmsRecord};
 
@@ -50,8 +50,13 @@ impl Queue for Layered {
 
 #[async_trait]
 impl Leases for Layered {
-    async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError> {
-        self.store.release(instance, claims).await
+    async fn release(
+        &self,
+        instance: &str,
+        claims: &[(i64, u32)],
+        why: ReleaseReason,
+    ) -> Result<u64, StoreError> {
+        self.store.release(instance, claims, why).await
     }
 
     async fn renew(

@@ -40,6 +40,8 @@ pub use settings::{DEFAULT_DATABASE_URL, DatabaseSettings};
 
 use errors::Meaning;
 
+pub use crate::domain::outcome::ReleaseReason;
+
 use crate::domain::opt_out::OptOutKey;
 use crate::domain::outcome::Guarantee;
 use crate::domain::report::{DeliveryReport, ReportApplied};
@@ -330,8 +332,14 @@ pub trait Queue: Send + Sync + 'static {
 /// the rows of a crashed instance.
 #[async_trait]
 pub trait Leases: Send + Sync + 'static {
-    /// Hands claimed rows that were never sent back to `pending`, undoing their attempt.
-    async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError>;
+    /// Hands claimed rows the provider never took back to `pending`, undoing
+    /// their attempt (its row goes too); the event's reason says `why`.
+    async fn release(
+        &self,
+        instance: &str,
+        claims: &[(i64, u32)],
+        why: ReleaseReason,
+    ) -> Result<u64, StoreError>;
 
     /// Extends the lease of rows `instance` is still sending to `lease` from
     /// now, in one statement. Fenced like outcomes: only a row still

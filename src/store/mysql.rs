@@ -41,7 +41,7 @@ use super::query::{Arg, Style};
 use super::rows::ClaimedRows;
 use super::session;
 use super::{Claim, Leases, Queue, ReapReport, RecordReport, Reports, StoreError, StoreOptions};
-use crate::domain::outcome::Guarantee;
+use crate::domain::outcome::{Guarantee, ReleaseReason};
 use crate::domain::report::{DeliveryReport, ReportApplied};
 use crate::domain::{NewSms, Outcome, Recipient};
 
@@ -257,8 +257,9 @@ FROM JSON_TABLE(?, '$[*]' COLUMNS (
         id BIGINT PATH '$.id', next_status VARCHAR(16) PATH '$.next_status',
         reason TEXT PATH '$.reason')) AS i";
 
-// Rows claimed but never sent (shutdown): back to `pending` as if never
-// claimed. Parameters: JSON [{id, attempt}] that passed the fence, instance.
+// Rows the provider never took (shutdown, a paused or throttling provider):
+// back to `pending` as if never claimed. Parameters: JSON [{id, attempt}]
+// that passed the fence, instance.
 const RELEASE: &str = "
 UPDATE sms s JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$.id', attempt INT PATH '$.attempt')) AS i
     ON s.id = i.id
@@ -275,9 +276,10 @@ DELETE a FROM sms_attempt a
 JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$.id', attempt INT PATH '$.attempt')) AS i
     ON a.sms_id = i.id AND a.attempt = i.attempt";
 
+// Parameters: the reason, JSON [{id, attempt}].
 const RELEASE_EVENTS: &str = "
 INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
-SELECT i.id, 'sending', 'pending', 'released unsent at shutdown', UTC_TIMESTAMP(6)
+SELECT i.id, 'sending', 'pending', ?, UTC_TIMESTAMP(6)
 FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$.id')) AS i";
 
 // Lease renewal for rows still being sent, fenced like outcomes.
@@ -638,7 +640,12 @@ impl Queue for MySqlStore {
 
 #[async_trait]
 impl Leases for MySqlStore {
-    async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError> {
+    async fn release(
+        &self,
+        instance: &str,
+        claims: &[(i64, u32)],
+        why: ReleaseReason,
+    ) -> Result<u64, StoreError> {
         if claims.is_empty() {
             return Ok(0);
         }
@@ -666,9 +673,15 @@ impl Leases for MySqlStore {
                     .bind(instance)
                     .execute(&mut *tx)
                     .await?;
-                for statement in [RELEASE_ATTEMPTS, RELEASE_EVENTS] {
-                    sqlx::query(statement).bind(&json).execute(&mut *tx).await?;
-                }
+                sqlx::query(RELEASE_ATTEMPTS)
+                    .bind(&json)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(RELEASE_EVENTS)
+                    .bind(why.event_reason())
+                    .bind(&json)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
             Ok(released.len() as u64)

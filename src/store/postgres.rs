@@ -29,7 +29,7 @@ use super::rows::ClaimedRows;
 use super::session;
 use super::{Claim, Leases, Queue, ReapReport, RecordReport, Reports, StoreError, StoreOptions};
 use crate::domain::Outcome;
-use crate::domain::outcome::Guarantee;
+use crate::domain::outcome::{Guarantee, ReleaseReason};
 use crate::domain::report::{DeliveryReport, ReportApplied};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -182,9 +182,9 @@ event AS (
 )
 SELECT count(*) FROM updated";
 
-// Rows claimed but never sent (shutdown): back to `pending` as if never
-// claimed. The attempt row goes too, since no request was ever made; the
-// events keep the story.
+// Rows the provider never took (shutdown, a paused or throttling provider):
+// back to `pending` as if never claimed. The attempt row goes too, since the
+// attempt is not spent; the events keep the story. $3 = the event's reason.
 const RELEASE: &str = "
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($2::jsonb) AS t(id bigint, attempt int)
@@ -207,7 +207,7 @@ attempt AS (
 ),
 event AS (
     INSERT INTO sms_event (sms_id, from_status, to_status, reason)
-    SELECT id, 'sending', 'pending', 'released unsent at shutdown' FROM released
+    SELECT id, 'sending', 'pending', $3 FROM released
 )
 SELECT count(*) FROM released";
 
@@ -392,7 +392,12 @@ impl Queue for PgStore {
 
 #[async_trait]
 impl Leases for PgStore {
-    async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError> {
+    async fn release(
+        &self,
+        instance: &str,
+        claims: &[(i64, u32)],
+        why: ReleaseReason,
+    ) -> Result<u64, StoreError> {
         if claims.is_empty() {
             return Ok(0);
         }
@@ -402,6 +407,7 @@ impl Leases for PgStore {
                 Ok(sqlx::query_scalar(RELEASE)
                     .bind(instance)
                     .bind(&json)
+                    .bind(why.event_reason())
                     .fetch_one(&mut **conn)
                     .await?)
             })

@@ -43,7 +43,7 @@ use super::session;
 use super::{
     Claim, Leases, Queue, ReapReport, RecordReport, Reports, Schema, StoreError, StoreOptions,
 };
-use crate::domain::outcome::Guarantee;
+use crate::domain::outcome::{Guarantee, ReleaseReason};
 use crate::domain::report::{DeliveryReport, ReportApplied};
 use crate::domain::{Outcome, Status};
 
@@ -236,8 +236,9 @@ INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
 SELECT value ->> '$.id', 'sending', value ->> '$.next_status', value ->> '$.reason', ?2
 FROM json_each(?1)";
 
-// Rows claimed but never sent (shutdown): back to `pending` as if never
-// claimed. ?1 = JSON [{id, attempt}], ?2 = instance, ?3 = now.
+// Rows the provider never took (shutdown, a paused or throttling provider):
+// back to `pending` as if never claimed.
+// ?1 = JSON [{id, attempt}], ?2 = instance, ?3 = now.
 const RELEASE: &str = "
 UPDATE sms SET
     status = 'pending',
@@ -255,10 +256,10 @@ const RELEASE_ATTEMPTS: &str = "
 DELETE FROM sms_attempt
 WHERE (sms_id, attempt) IN (SELECT value ->> '$.id', value ->> '$.attempt' FROM json_each(?1))";
 
-// ?1 = JSON [id], ?2 = now.
+// ?1 = JSON [id], ?2 = now, ?3 = the reason.
 const RELEASE_EVENTS: &str = "
 INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
-SELECT value, 'sending', 'pending', 'released unsent at shutdown', ?2 FROM json_each(?1)";
+SELECT value, 'sending', 'pending', ?3, ?2 FROM json_each(?1)";
 
 // Lease renewal for rows still being sent, fenced like outcomes.
 // ?1 = JSON [{id, attempt}], ?2 = instance, ?3 = now, ?4 = lease in ms.
@@ -521,7 +522,12 @@ impl Queue for SqliteStore {
 
 #[async_trait]
 impl Leases for SqliteStore {
-    async fn release(&self, instance: &str, claims: &[(i64, u32)]) -> Result<u64, StoreError> {
+    async fn release(
+        &self,
+        instance: &str,
+        claims: &[(i64, u32)],
+        why: ReleaseReason,
+    ) -> Result<u64, StoreError> {
         if claims.is_empty() {
             return Ok(0);
         }
@@ -548,6 +554,7 @@ impl Leases for SqliteStore {
                 sqlx::query(RELEASE_EVENTS)
                     .bind(to_json(&released)?)
                     .bind(now)
+                    .bind(why.event_reason())
                     .execute(&mut *tx)
                     .await?;
             }

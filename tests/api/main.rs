@@ -439,6 +439,10 @@ async fn post_queues_for_a_client_and_the_dispatcher_sends_it() {
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0]["outcome"], "accepted");
     assert_eq!(attempts[0]["httpStatus"], 200);
+    assert_eq!(
+        attempts[0]["provider"], "webhook",
+        "the provider it went to"
+    );
     let bodies: Vec<Value> = app
         .provider
         .received_requests()

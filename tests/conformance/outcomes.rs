@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use smsrelay::domain::NextState;
 use smsrelay::domain::outcome::Guarantee::AtLeastOnce;
-use smsrelay::store::{ReapReport, Store};
+use smsrelay::store::{ReapReport, ReleaseReason, Store};
 
 use crate::backends::TestStore;
 use crate::{close, ids, outcome};
@@ -16,6 +16,7 @@ conformance!(
     declined_and_failed_are_final,
     a_stale_outcome_write_changes_nothing,
     release_hands_unsent_rows_back,
+    a_release_keeps_the_attempt_and_says_why,
     the_reaper_requeues_expired_leases,
     the_reaper_fails_exhausted_messages_in_batches,
     concurrent_reapers_recover_each_row_once,
@@ -319,12 +320,18 @@ async fn release_hands_unsent_rows_back(db: TestStore) {
     let before = db.store.get(released).await.unwrap();
 
     assert_eq!(
-        db.store.release("node-b", &[(released, 1)]).await.unwrap(),
+        db.store
+            .release("node-b", &[(released, 1)], ReleaseReason::Shutdown)
+            .await
+            .unwrap(),
         0,
         "not B's lease"
     );
     assert_eq!(
-        db.store.release("node-a", &[(released, 2)]).await.unwrap(),
+        db.store
+            .release("node-a", &[(released, 2)], ReleaseReason::Shutdown)
+            .await
+            .unwrap(),
         0,
         "not that attempt"
     );
@@ -335,7 +342,10 @@ async fn release_hands_unsent_rows_back(db: TestStore) {
     );
 
     assert_eq!(
-        db.store.release("node-a", &[(released, 1)]).await.unwrap(),
+        db.store
+            .release("node-a", &[(released, 1)], ReleaseReason::Shutdown)
+            .await
+            .unwrap(),
         1
     );
     let sms = db.store.get(released).await.unwrap().unwrap();
@@ -367,6 +377,45 @@ async fn release_hands_unsent_rows_back(db: TestStore) {
     assert_eq!(
         again.messages[0].attempt, 1,
         "the next claim is attempt 1 again"
+    );
+}
+
+/// A message the provider did not take (paused, throttling) goes back to
+/// `pending` on the same attempt count, each event naming why.
+async fn a_release_keeps_the_attempt_and_says_why(db: TestStore) {
+    let id = claimed(&db, "node-a", LEASE).await;
+    assert_eq!(
+        db.store
+            .release("node-a", &[(id, 1)], ReleaseReason::ProviderPaused)
+            .await
+            .unwrap(),
+        1
+    );
+    let again = db.store.claim("node-a", 10, LEASE).await.unwrap();
+    assert_eq!(again.messages[0].attempt, 1, "the attempt was not spent");
+    assert_eq!(
+        db.store
+            .release("node-a", &[(id, 1)], ReleaseReason::Throttled)
+            .await
+            .unwrap(),
+        1
+    );
+    let sms = db.store.get(id).await.unwrap().unwrap();
+    assert_eq!((sms.status.as_str(), sms.attempts), ("pending", 0));
+    assert!(db.store.attempts(id).await.unwrap().is_empty());
+    let reasons: Vec<String> = db
+        .transitions(id)
+        .await
+        .into_iter()
+        .filter(|(_, to, _)| to == "pending")
+        .map(|(_, _, reason)| reason)
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "returned unsent, attempt not spent: provider paused (configuration refused or circuit open)",
+            "returned unsent, attempt not spent: provider throttling (HTTP 429 / Retry-After)",
+        ]
     );
 }
 
@@ -521,7 +570,7 @@ async fn a_row_changes_once_per_batch(db: TestStore) {
     );
     assert_eq!(
         db.store
-            .release("node-a", &[(id, 1), (id, 1)])
+            .release("node-a", &[(id, 1), (id, 1)], ReleaseReason::Shutdown)
             .await
             .unwrap(),
         0,

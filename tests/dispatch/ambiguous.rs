@@ -195,31 +195,6 @@ async fn at_most_once_fails_an_attempt_abandoned_by_a_crash(backend: Backend) {
     );
 }
 
-macro_rules! on_every_backend {
-    ($($name:ident),+ $(,)?) => {
-        $(
-            mod $name {
-                use crate::backends::Backend;
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    super::$name(Backend::Sqlite).await
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$name(Backend::Postgres).await
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn mysql() {
-                    super::$name(Backend::MySql).await
-                }
-            }
-        )+
-    };
-}
-
 on_every_backend!(
     at_least_once_resends_an_unknown_outcome,
     at_most_once_fails_an_unknown_outcome_without_resending,

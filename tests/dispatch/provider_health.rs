@@ -29,7 +29,7 @@ impl Respond for Failing {
 }
 
 /// A mock provider answering `failure` until the returned flag is set.
-async fn failing_provider(failure: ResponseTemplate) -> (MockServer, Arc<AtomicBool>) {
+pub(super) async fn failing_provider(failure: ResponseTemplate) -> (MockServer, Arc<AtomicBool>) {
     let server = MockServer::start().await;
     let healthy = Arc::new(AtomicBool::new(false));
     Mock::given(wiremock::matchers::method("POST"))
@@ -42,7 +42,7 @@ async fn failing_provider(failure: ResponseTemplate) -> (MockServer, Arc<AtomicB
     (server, healthy)
 }
 
-async fn insert_many(db: &TestDb, n: i64) -> Vec<i64> {
+pub(super) async fn insert_many(db: &TestDb, n: i64) -> Vec<i64> {
     let mut ids = Vec::new();
     for i in 0..n {
         ids.push(db.insert(i, "+254712345678", "hello").await);
@@ -51,7 +51,12 @@ async fn insert_many(db: &TestDb, n: i64) -> Vec<i64> {
 }
 
 /// Runs dispatch cycles until every message is `sent` (or `within` runs out).
-async fn drain(dispatcher: &Dispatcher, db: &TestDb, ids: &[i64], within: Duration) -> bool {
+pub(super) async fn drain(
+    dispatcher: &Dispatcher,
+    db: &TestDb,
+    ids: &[i64],
+    within: Duration,
+) -> bool {
     eventually(within, || async {
         dispatcher
             .run_once(&CancellationToken::new())
@@ -82,6 +87,31 @@ async fn cycles_for(dispatcher: &Dispatcher, period: Duration) -> usize {
     claimed
 }
 
+const PAUSED_REASON: &str =
+    "returned unsent, attempt not spent: provider paused (configuration refused or circuit open)";
+
+/// Every message's `attempts` and number of attempt rows.
+async fn attempts_of(db: &TestDb, ids: &[i64]) -> Vec<(u32, usize)> {
+    let mut all = Vec::new();
+    for &id in ids {
+        let sms = db.store.get(id).await.unwrap().unwrap();
+        all.push((sms.attempts, db.store.attempts(id).await.unwrap().len()));
+    }
+    all
+}
+
+/// How many `sending -> pending` events of these messages carry `reason`.
+async fn events_with_reason(db: &TestDb, ids: &[i64], reason: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM sms_event WHERE sms_id = ANY($1) AND to_status = 'pending' AND reason = $2",
+    )
+    .bind(ids)
+    .bind(reason)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
 /// (messages with one attempt, messages with two); panics on any other count.
 async fn attempt_counts(db: &TestDb, ids: &[i64]) -> (usize, usize) {
     let (mut one, mut two) = (0, 0);
@@ -94,6 +124,52 @@ async fn attempt_counts(db: &TestDb, ids: &[i64]) -> (usize, usize) {
         }
     }
     (one, two)
+}
+
+#[tokio::test]
+async fn a_401_for_10s_then_200_sends_everything_once_without_spending_attempts() {
+    let db = TestDb::new().await;
+    let (provider, healthy) = failing_provider(ResponseTemplate::new(401)).await;
+    let mut config = test_config(&db, &provider.uri());
+    config.dispatch.concurrency = 2;
+    let dispatcher = dispatcher(&db, &config);
+    let ids = insert_many(&db, 12).await;
+
+    // The token is refused for 10 s: the first sends and the probe after the
+    // first pause (5 s) get 401s.
+    cycles_for(&dispatcher, Duration::from_secs(10)).await;
+    let refused = provider.received_requests().await.unwrap().len();
+    assert!(
+        refused >= 2,
+        "the probe was refused too, got {refused} requests"
+    );
+    healthy.store(true, Ordering::SeqCst);
+    assert!(drain(&dispatcher, &db, &ids, Duration::from_secs(30)).await);
+
+    assert_eq!(
+        (db.count("declined").await, db.count("failed").await),
+        (0, 0)
+    );
+    let mut accepted: Vec<i64> = received_ids(&provider).await[refused..].to_vec();
+    accepted.sort_unstable();
+    assert_eq!(accepted, ids, "every message accepted exactly once");
+    // The 401s spent nothing: one attempt each, the accepted one.
+    assert_eq!(attempts_of(&db, &ids).await, vec![(1, 1); ids.len()]);
+    // Each refused message, and each one the paused gate held back, went
+    // back to pending saying why.
+    let paused = events_with_reason(&db, &ids, PAUSED_REASON).await;
+    let returned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sms_event WHERE sms_id = ANY($1) AND to_status = 'pending'",
+    )
+    .bind(&ids)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(paused, returned);
+    assert!(
+        paused >= refused as i64,
+        "{paused} returns for {refused} refusals"
+    );
 }
 
 #[tokio::test]
@@ -124,8 +200,8 @@ async fn a_rejected_token_pauses_the_provider_and_declines_nothing() {
     let mut sorted = accepted.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, ids);
-    // Only the messages the provider refused spent an attempt on it.
-    assert_eq!(attempt_counts(&db, &ids).await, (20 - refused, refused));
+    // The refusals spent nothing: one attempt each, the accepted one.
+    assert_eq!(attempt_counts(&db, &ids).await, (20, 0));
 }
 
 #[tokio::test]
@@ -143,7 +219,11 @@ async fn a_429_pauses_the_whole_provider_for_its_retry_after() {
         .run_once(&CancellationToken::new())
         .await
         .unwrap();
-    assert_eq!((first.retried, first.released), (1, 9));
+    assert_eq!(
+        (first.retried, first.released),
+        (0, 10),
+        "the 429 spent nothing"
+    );
     healthy.store(true, Ordering::SeqCst);
     // No request while the pause lasts, although nine messages are due.
     assert_eq!(
@@ -155,7 +235,7 @@ async fn a_429_pauses_the_whole_provider_for_its_retry_after() {
     assert!(drain(&dispatcher, &db, &ids, Duration::from_secs(10)).await);
     assert!(started.elapsed() >= Duration::from_secs(2));
     assert_eq!(provider.received_requests().await.unwrap().len(), 11);
-    assert_eq!(attempt_counts(&db, &ids).await, (9, 1));
+    assert_eq!(attempt_counts(&db, &ids).await, (10, 0));
 }
 
 #[tokio::test]

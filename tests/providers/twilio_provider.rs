@@ -331,15 +331,18 @@ async fn the_dispatcher_sends_declines_and_keeps_retrying_as_twilio_answers() {
         vec![key]
     );
     assert_eq!(row(invalid).await.status.as_str(), "declined");
-    // A rejected token is the operator's to fix: the message is not declined.
+    // A rejected token is the operator's to fix: the message is not declined,
+    // and goes back to pending without spending its attempt.
     let b = row(bad_token).await;
-    assert_eq!(b.status.as_str(), "pending", "{b:?}");
+    assert_eq!((b.status.as_str(), b.attempts), ("pending", 0), "{b:?}");
+    let events = smsrelay::store::Messages::events(&*db.store, bad_token)
+        .await
+        .unwrap();
     assert!(
-        b.last_error
-            .as_deref()
-            .unwrap_or("")
-            .contains("configuration problem"),
-        "{b:?}"
+        events
+            .last()
+            .is_some_and(|e| e.reason.contains("provider paused")),
+        "{events:?}"
     );
 }
 
