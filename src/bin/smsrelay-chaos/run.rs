@@ -22,6 +22,8 @@ fn daemon_env(url: &str, guarantee: &str) -> Vec<(String, String)> {
     [
         ("SMSRELAY_DATABASE__URL", url),
         ("SMSRELAY_DATABASE__CONNECT_TIMEOUT", "2s"),
+        // Under a third of the lease, as the daemon requires (1.5 x call_timeout < lease).
+        ("SMSRELAY_DATABASE__CALL_TIMEOUT", "3s"),
         ("SMSRELAY_DATABASE__POOL_SIZE", "4"),
         ("SMSRELAY_DISPATCH__LEASE", &format!("{}s", LEASE.as_secs())),
         ("SMSRELAY_DISPATCH__BATCH_SIZE", "16"),
