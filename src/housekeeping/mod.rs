@@ -165,6 +165,8 @@ impl Housekeeping {
                 })
             })?;
             scheduler.add(job).await?;
+        } else {
+            tracing::info!("retention is off (housekeeping.retention): finished messages are kept");
         }
         scheduler.start().await?;
         Ok(Self { scheduler, stop })

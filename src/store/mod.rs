@@ -194,9 +194,6 @@ macro_rules! finished_statuses {
 }
 pub(crate) use finished_statuses;
 
-/// [`finished_statuses!`] as a value.
-pub const FINISHED_STATUSES: &str = finished_statuses!();
-
 /// Columns `GET /sms` may order by, each mapped to fixed SQL (never user text).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OrderBy {
@@ -490,7 +487,7 @@ pub trait OptOuts: Send + Sync + 'static {
 #[async_trait]
 pub trait Retention: Send + Sync + 'static {
     /// Deletes, in one short transaction, up to `limit` finished messages
-    /// (see [`FINISHED_STATUSES`]) whose last change (`updated_at`) is more
+    /// (see `finished_statuses!`) whose last change (`updated_at`) is more
     /// than `older_than` ago by the database's clock, with their attempt and
     /// event rows. Never a `pending` or `sending` row. Runs in one instance at
     /// a time: when another holds the retention lock it does nothing and says
