@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::ApiState;
 use crate::api::auth::Authenticator;
 use crate::dispatch::Dispatcher;
-use crate::housekeeping::{Housekeeping, ReaperSettings};
+use crate::housekeeping::{Housekeeping, ReaperSettings, RetentionSettings};
 use crate::provider::{CallbackContext, Provider};
 use crate::settings::Config;
 use crate::store::{self, Store, StoreError};
@@ -21,6 +21,7 @@ pub struct Application {
     pub dispatcher: Arc<Dispatcher>,
     provider: Arc<dyn Provider>,
     reaper: ReaperSettings,
+    retention: RetentionSettings,
     /// The bound API listener and its router (None when `[api] enabled = false`).
     api: Option<(
         std::net::TcpListener,
@@ -138,6 +139,7 @@ impl Application {
             dispatcher,
             provider,
             reaper,
+            retention: config.housekeeping.retention(),
             api: None,
         }
     }
@@ -148,6 +150,7 @@ impl Application {
             store,
             dispatcher,
             reaper,
+            retention,
             api,
             ..
         } = self;
@@ -165,7 +168,7 @@ impl Application {
             }
             None => None,
         };
-        let result = run_dispatcher(store, &dispatcher, reaper, &stop).await;
+        let result = run_dispatcher(store, &dispatcher, (reaper, retention), &stop).await;
         // Whatever ended the dispatcher ends the API too.
         stop.cancel();
         if let Some(api) = api {
@@ -184,7 +187,7 @@ impl Application {
 async fn run_dispatcher(
     store: Arc<dyn Store>,
     dispatcher: &Dispatcher,
-    reaper: ReaperSettings,
+    (reaper, retention): (ReaperSettings, RetentionSettings),
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     if !wait_for_database(store.as_ref(), stop).await? {
@@ -192,7 +195,7 @@ async fn run_dispatcher(
     }
     crate::systemd::ready();
     tracing::info!("smsrelay ready");
-    let housekeeping = Housekeeping::start(store, reaper).await?;
+    let housekeeping = Housekeeping::start(store, reaper, retention).await?;
     dispatcher.run(stop.clone(), crate::systemd::watchdog).await;
     crate::systemd::stopping();
     housekeeping.stop().await;

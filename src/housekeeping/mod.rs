@@ -1,15 +1,22 @@
 //! Maintenance jobs on cron schedules (tokio-cron-scheduler, kept behind this
-//! module so it can be swapped). Each job guards itself with a database lock,
-//! so several instances can run the same schedule safely.
+//! module so it can be swapped): the lease reaper and retention. Each job
+//! guards itself with a database lock, so several instances can run the same
+//! schedule safely.
+
+mod retention;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, invalid};
 use crate::domain::outcome::Guarantee;
 use crate::store::{ReapReport, Store, StoreError};
+
+pub use retention::{RetentionReport, RetentionSettings, retain_once};
 
 /// `[housekeeping]`: maintenance jobs, as cron expressions with seconds.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -19,6 +26,14 @@ pub struct HousekeepingSettings {
     pub reaper: String,
     /// Rows handled per reaper run.
     pub reaper_batch: u32,
+    /// Finished messages last changed longer ago than this are deleted with
+    /// their history; `0s` or `off` keeps everything.
+    #[serde(with = "retention::duration_or_off")]
+    pub retention: Duration,
+    /// When to run retention.
+    pub retention_schedule: String,
+    /// Messages deleted per retention transaction.
+    pub retention_batch: u32,
 }
 
 impl Default for HousekeepingSettings {
@@ -26,6 +41,9 @@ impl Default for HousekeepingSettings {
         Self {
             reaper: "*/5 * * * * *".into(),
             reaper_batch: 1000,
+            retention: retention::DEFAULT_RETENTION,
+            retention_schedule: "0 30 3 * * *".into(),
+            retention_batch: 1000,
         }
     }
 }
@@ -37,7 +55,16 @@ impl HousekeepingSettings {
         if self.reaper_batch == 0 {
             return Err(invalid("housekeeping.reaper_batch", "must be at least 1"));
         }
-        Ok(())
+        self.retention().validate()
+    }
+
+    /// Retention's settings.
+    pub fn retention(&self) -> RetentionSettings {
+        RetentionSettings {
+            older_than: self.retention,
+            schedule: self.retention_schedule.clone(),
+            batch: self.retention_batch,
+        }
     }
 
     /// The reaper's settings; `max_attempts` and `guarantee` are
@@ -99,18 +126,23 @@ pub async fn reap_once(
 /// The running maintenance jobs.
 pub struct Housekeeping {
     scheduler: JobScheduler,
+    /// Ends a retention run between two batches at shutdown.
+    stop: CancellationToken,
 }
 
 impl Housekeeping {
-    /// Schedules the jobs and starts them.
+    /// Schedules the jobs and starts them (retention only when it is on).
     pub async fn start(
         store: Arc<dyn Store>,
         reaper: ReaperSettings,
+        retention: RetentionSettings,
     ) -> Result<Self, JobSchedulerError> {
         let scheduler = JobScheduler::new().await?;
+        let stop = CancellationToken::new();
         let schedule = reaper.schedule.clone();
+        let reaper_store = store.clone();
         let job = Job::new_async(schedule.as_str(), move |_, _| {
-            let store = store.clone();
+            let store = reaper_store.clone();
             let reaper = reaper.clone();
             Box::pin(async move {
                 if let Err(e) = reap_once(store.as_ref(), &reaper).await {
@@ -119,12 +151,30 @@ impl Housekeeping {
             })
         })?;
         scheduler.add(job).await?;
+        if retention.enabled() {
+            let schedule = retention.schedule.clone();
+            let stop = stop.clone();
+            let job = Job::new_async(schedule.as_str(), move |_, _| {
+                let store = store.clone();
+                let retention = retention.clone();
+                let stop = stop.clone();
+                Box::pin(async move {
+                    if let Err(e) = retain_once(store.as_ref(), &retention, &stop).await {
+                        tracing::warn!(error = %e, "retention failed; the next run goes on where it stopped");
+                    }
+                })
+            })?;
+            scheduler.add(job).await?;
+        } else {
+            tracing::info!("retention is off (housekeeping.retention): finished messages are kept");
+        }
         scheduler.start().await?;
-        Ok(Self { scheduler })
+        Ok(Self { scheduler, stop })
     }
 
-    /// Stops scheduling new runs.
+    /// Stops scheduling new runs; a retention run stops after its current batch.
     pub async fn stop(mut self) {
+        self.stop.cancel();
         if let Err(e) = self.scheduler.shutdown().await {
             tracing::debug!(error = %e, "housekeeping scheduler did not stop cleanly");
         }

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Claim, Directory, Enqueued, Leases, Lookup, Messages, OptOuts, Page, Queue, QueueStats,
-    ReapReport, RecordReport, Reports, Schema, SmsQuery, Store, StoreError,
+    Claim, Directory, Enqueued, Leases, Lookup, Messages, OptOuts, Page, PurgeReport, Queue,
+    QueueStats, ReapReport, RecordReport, Reports, Retention, Schema, SmsQuery, Store, StoreError,
 };
 use crate::domain::opt_out::OptOutKey;
 use crate::domain::outcome::{Guarantee, ReleaseReason};
@@ -162,5 +162,16 @@ impl OptOuts for Layered {
     }
     async fn remove_opt_out(&self, number: &OptOutKey) -> Result<bool, StoreError> {
         self.store.remove_opt_out(number).await
+    }
+}
+
+#[async_trait]
+impl Retention for Layered {
+    async fn delete_finished(
+        &self,
+        older_than: Duration,
+        limit: u32,
+    ) -> Result<PurgeReport, StoreError> {
+        self.store.delete_finished(older_than, limit).await
     }
 }

@@ -1,8 +1,8 @@
-//! Persistence of the outbox. [`Store`] is seven small traits by who uses
+//! Persistence of the outbox. [`Store`] is eight small traits by who uses
 //! them: [`Queue`] (the dispatcher's claim and record), [`Leases`] (release
 //! at shutdown, the reaper), [`Messages`] (API and platform), [`Directory`],
-//! [`Schema`], [`Reports`] (providers' delivery reports) and [`OptOuts`]
-//! (unsubscribed recipients). What is the same on every database is
+//! [`Schema`], [`Reports`] (providers' delivery reports), [`OptOuts`]
+//! (unsubscribed recipients) and [`Retention`] (deleting old finished messages). What is the same on every database is
 //! written once: `query.rs` builds the list queries, `rows.rs` maps rows,
 //! `batch.rs` carries batches as one JSON parameter, and `backend.rs`
 //! implements `Messages`, `Directory`, `Schema` and `OptOuts` for any dialect
@@ -170,6 +170,29 @@ pub struct ReapReport {
     /// Another instance held the reaper lock; nothing was done.
     pub skipped: bool,
 }
+
+/// Result of one retention batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Finished messages deleted.
+    pub messages: u64,
+    /// Their `sms_attempt` rows deleted.
+    pub attempts: u64,
+    /// Their `sms_event` rows deleted.
+    pub events: u64,
+    /// Another instance held the retention lock; nothing was done.
+    pub skipped: bool,
+}
+
+/// The states a message never leaves (but `sent`, which only a delivery
+/// report moves): what retention may delete. An SQL list, for `concat!` in
+/// each dialect's statement; the partial indexes of migration 0009 say the same.
+macro_rules! finished_statuses {
+    () => {
+        "('sent', 'delivered', 'undelivered', 'declined', 'failed')"
+    };
+}
+pub(crate) use finished_statuses;
 
 /// Columns `GET /sms` may order by, each mapped to fixed SQL (never user text).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -460,11 +483,33 @@ pub trait OptOuts: Send + Sync + 'static {
     async fn remove_opt_out(&self, number: &OptOutKey) -> Result<bool, StoreError>;
 }
 
-/// The whole outbox, as the application holds it (`Arc<dyn Store>`). Every
-/// type with the seven parts is a `Store`.
-pub trait Store: Queue + Leases + Messages + Directory + Schema + Reports + OptOuts {}
+/// Housekeeping that keeps the tables from growing without end.
+#[async_trait]
+pub trait Retention: Send + Sync + 'static {
+    /// Deletes, in one short transaction, up to `limit` finished messages
+    /// (see `finished_statuses!`) whose last change (`updated_at`) is more
+    /// than `older_than` ago by the database's clock, with their attempt and
+    /// event rows. Never a `pending` or `sending` row. Runs in one instance at
+    /// a time: when another holds the retention lock it does nothing and says
+    /// `skipped`.
+    async fn delete_finished(
+        &self,
+        older_than: Duration,
+        limit: u32,
+    ) -> Result<PurgeReport, StoreError>;
+}
 
-impl<T: Queue + Leases + Messages + Directory + Schema + Reports + OptOuts> Store for T {}
+/// The whole outbox, as the application holds it (`Arc<dyn Store>`). Every
+/// type with the eight parts is a `Store`.
+pub trait Store:
+    Queue + Leases + Messages + Directory + Schema + Reports + OptOuts + Retention
+{
+}
+
+impl<T: Queue + Leases + Messages + Directory + Schema + Reports + OptOuts + Retention> Store
+    for T
+{
+}
 
 /// The database family a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

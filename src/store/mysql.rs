@@ -16,7 +16,7 @@
 //! - Times are DATETIME(6) in UTC: every session is forced to time_zone
 //!   '+00:00' and the SQL uses `UTC_TIMESTAMP(6)`, so leases computed by
 //!   several hosts agree whatever their own time zones.
-//! - The reaper's single-instance lock is `GET_LOCK` (session-scoped, so it is
+//! - The reaper's and retention's single-instance locks are `GET_LOCK` (session-scoped, so it is
 //!   taken and released on one connection; the server drops it if that
 //!   connection dies).
 
@@ -40,7 +40,10 @@ use super::deadline;
 use super::query::{Arg, Style};
 use super::rows::ClaimedRows;
 use super::session;
-use super::{Claim, Leases, Queue, ReapReport, RecordReport, Reports, StoreError, StoreOptions};
+use super::{
+    Claim, Leases, PurgeReport, Queue, ReapReport, RecordReport, Reports, Retention, StoreError,
+    StoreOptions,
+};
 use crate::domain::outcome::{Guarantee, ReleaseReason};
 use crate::domain::report::{DeliveryReport, ReportApplied};
 use crate::domain::{NewSms, Outcome, Recipient};
@@ -333,6 +336,41 @@ SELECT i.id, 'sending', i.status, i.reason, UTC_TIMESTAMP(6)
 FROM JSON_TABLE(?, '$[*]' COLUMNS (
         id BIGINT PATH '$.id', status VARCHAR(16) PATH '$.status', reason TEXT PATH '$.reason')) AS i";
 
+// --- retention -------------------------------------------------------------
+
+const RETENTION_LOCK: &str =
+    "SELECT GET_LOCK(LEFT(CONCAT('smsrelay.retention.', DATABASE()), 64), 0)";
+const RETENTION_UNLOCK: &str =
+    "SELECT RELEASE_LOCK(LEFT(CONCAT('smsrelay.retention.', DATABASE()), 64))";
+
+// Finished rows last changed before now - ? microseconds, at most ?. Walks
+// sms_finished_idx (status, updated_at) range by range and stops at the
+// limit; no ORDER BY, which would sort, and lock, every old row first.
+// SKIP LOCKED passes over a `sent` row a delivery report holds. Public for
+// the plan test.
+pub const RETENTION_LOCK_ROWS: &str = concat!(
+    "
+SELECT id FROM sms FORCE INDEX (sms_finished_idx)
+WHERE status IN ",
+    crate::store::finished_statuses!(),
+    "
+  AND updated_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND
+LIMIT ?
+FOR UPDATE SKIP LOCKED"
+);
+
+// Parameter: JSON array of the ids locked above. Children first, then the
+// messages (the foreign keys would cascade, but these counts are logged).
+const RETENTION_DELETE_ATTEMPTS: &str = "
+DELETE a FROM sms_attempt a JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j
+    ON a.sms_id = j.id";
+const RETENTION_DELETE_EVENTS: &str = "
+DELETE e FROM sms_event e JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j
+    ON e.sms_id = j.id";
+const RETENTION_DELETE_MESSAGES: &str = "
+DELETE s FROM sms s JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j
+    ON s.id = j.id";
+
 /// One row the reaper recovers, with the texts PostgreSQL builds in SQL.
 #[derive(Debug, Serialize)]
 struct ReapRow {
@@ -470,6 +508,67 @@ impl MySqlStore {
         }
         tx.commit().await?;
         Ok(report)
+    }
+}
+
+impl MySqlStore {
+    /// One retention batch, inside a transaction on the connection holding the lock.
+    async fn delete_finished_locked(
+        conn: &mut sqlx::MySqlConnection,
+        older_than: Duration,
+        limit: u32,
+    ) -> Result<PurgeReport, StoreError> {
+        let mut tx = conn.begin().await?;
+        let ids: Vec<i64> = sqlx::query_scalar(RETENTION_LOCK_ROWS)
+            .bind(micros(older_than))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut report = PurgeReport::default();
+        if !ids.is_empty() {
+            let json = to_json(&ids)?;
+            let mut delete = async |sql: &'static str| -> Result<u64, StoreError> {
+                let done = sqlx::query(sql).bind(&json).execute(&mut *tx).await?;
+                Ok(done.rows_affected())
+            };
+            report.attempts = delete(RETENTION_DELETE_ATTEMPTS).await?;
+            report.events = delete(RETENTION_DELETE_EVENTS).await?;
+            report.messages = delete(RETENTION_DELETE_MESSAGES).await?;
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+}
+
+#[async_trait]
+impl Retention for MySqlStore {
+    async fn delete_finished(
+        &self,
+        older_than: Duration,
+        limit: u32,
+    ) -> Result<PurgeReport, StoreError> {
+        self.call(async |conn| {
+            let locked: Option<i64> = sqlx::query_scalar(RETENTION_LOCK)
+                .fetch_one(&mut **conn)
+                .await?;
+            if locked != Some(1) {
+                return Ok(PurgeReport {
+                    skipped: true,
+                    ..PurgeReport::default()
+                });
+            }
+            let result = Self::delete_finished_locked(conn, older_than, limit).await;
+            // As the reaper: a connection that cannot release the lock is closed.
+            if sqlx::query(RETENTION_UNLOCK)
+                .execute(&mut **conn)
+                .await
+                .is_err()
+            {
+                conn.close_on_drop();
+            }
+            result
+        })
+        .await
     }
 }
 

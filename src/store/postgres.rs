@@ -7,7 +7,8 @@
 //! - `FOR NO KEY UPDATE SKIP LOCKED`: instances claim disjoint rows without
 //!   waiting, and the lock does not block the foreign keys of `sms_attempt`.
 //! - Batches arrive as the JSON of `batch.rs`, unpacked with `jsonb_to_recordset`.
-//! - The reaper's single-instance lock is a transaction-scoped advisory lock.
+//! - The reaper's and retention's single-instance locks are transaction-scoped
+//!   advisory locks.
 
 use std::time::Duration;
 
@@ -27,7 +28,10 @@ use super::deadline;
 use super::query::{Arg, Style};
 use super::rows::ClaimedRows;
 use super::session;
-use super::{Claim, Leases, Queue, ReapReport, RecordReport, Reports, StoreError, StoreOptions};
+use super::{
+    Claim, Leases, PurgeReport, Queue, ReapReport, RecordReport, Reports, Retention, StoreError,
+    StoreOptions,
+};
 use crate::domain::Outcome;
 use crate::domain::outcome::{Guarantee, ReleaseReason};
 use crate::domain::report::{DeliveryReport, ReportApplied};
@@ -48,6 +52,8 @@ pub struct PgStore {
 
 /// Key of the advisory lock that keeps the reaper to one instance at a time.
 const REAPER_LOCK: i64 = 0x0073_6d73_7265_6170; // "smsreap"
+/// Key of the advisory lock that keeps retention to one instance at a time.
+const RETENTION_LOCK: i64 = 0x0073_6d73_7265_7465; // "smsrete"
 
 impl PgStore {
     /// A pool that connects on first use, so start-up survives a database that is still coming up.
@@ -262,6 +268,39 @@ event AS (
 )
 SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed') FROM reaped";
 
+/// One retention batch: finished rows last changed before now() - $1 ms,
+/// oldest first, at most $2, with their attempts and events. The scan walks
+/// the partial index `sms_finished_idx` (migration 0009) and stops at the
+/// limit; SKIP LOCKED passes over a `sent` row a delivery report holds. The
+/// ids travel as one array, so each DELETE is an index scan by key whatever
+/// the planner thinks of the table's size. The children are deleted by their
+/// own CTEs (not left to ON DELETE CASCADE) so that the counts come back.
+/// Public for the plan test.
+pub const RETENTION_DELETE: &str = concat!(
+    "
+WITH doomed AS MATERIALIZED (
+    SELECT array_agg(id) AS ids FROM (
+        SELECT id FROM sms
+        WHERE status IN ",
+    crate::store::finished_statuses!(),
+    "
+          AND updated_at < now() - $1::bigint * interval '1 millisecond'
+        ORDER BY updated_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED) AS oldest
+),
+attempts AS (
+    DELETE FROM sms_attempt WHERE sms_id = ANY ((SELECT ids FROM doomed)::bigint[]) RETURNING 1
+),
+events AS (
+    DELETE FROM sms_event WHERE sms_id = ANY ((SELECT ids FROM doomed)::bigint[]) RETURNING 1
+),
+messages AS (
+    DELETE FROM sms WHERE id = ANY ((SELECT ids FROM doomed)::bigint[]) RETURNING 1
+)
+SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM attempts), (SELECT count(*) FROM events)"
+);
+
 const DUE_STATS: &str = "
 SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(due_at))::float8, 0)
 FROM sms WHERE status = 'pending' AND due_at <= now()";
@@ -466,6 +505,43 @@ impl Leases for PgStore {
             Ok(ReapReport {
                 requeued: u64::try_from(requeued).unwrap_or(0),
                 failed: u64::try_from(failed).unwrap_or(0),
+                skipped: false,
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Retention for PgStore {
+    async fn delete_finished(
+        &self,
+        older_than: Duration,
+        limit: u32,
+    ) -> Result<PurgeReport, StoreError> {
+        self.call(async |conn| {
+            let mut tx = conn.begin().await?;
+            // Transaction-scoped, as the reaper's: held for this batch only.
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(RETENTION_LOCK)
+                .fetch_one(&mut *tx)
+                .await?;
+            if !locked {
+                return Ok(PurgeReport {
+                    skipped: true,
+                    ..PurgeReport::default()
+                });
+            }
+            let (messages, attempts, events): (i64, i64, i64) = sqlx::query_as(RETENTION_DELETE)
+                .bind(millis(older_than))
+                .bind(i64::from(limit))
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(PurgeReport {
+                messages: u64::try_from(messages).unwrap_or(0),
+                attempts: u64::try_from(attempts).unwrap_or(0),
+                events: u64::try_from(events).unwrap_or(0),
                 skipped: false,
             })
         })

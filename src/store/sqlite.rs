@@ -41,7 +41,8 @@ use super::query::{Arg, Style};
 use super::rows::ClaimedRows;
 use super::session;
 use super::{
-    Claim, Leases, Queue, ReapReport, RecordReport, Reports, Schema, StoreError, StoreOptions,
+    Claim, Leases, PurgeReport, Queue, ReapReport, RecordReport, Reports, Retention, Schema,
+    StoreError, StoreOptions,
 };
 use crate::domain::outcome::{Guarantee, ReleaseReason};
 use crate::domain::report::{DeliveryReport, ReportApplied};
@@ -306,6 +307,30 @@ SELECT id, 'sending', status,
             WHEN status = 'failed' THEN 'attempts exhausted: ' || last_error
             ELSE last_error END, ?2
 FROM sms WHERE id IN (SELECT value FROM json_each(?1))";
+
+// One retention batch: finished rows last changed before ?1 (epoch ms),
+// oldest first, at most ?2. Walks the partial index sms_finished_idx
+// (migration 0009), named with INDEXED BY: without statistics the planner
+// would take sms_status_idx and sort every finished row. The IN list must
+// read as the index's does, or SQLite refuses the statement. Public for the
+// plan test.
+pub const RETENTION_ROWS: &str = concat!(
+    "
+SELECT id FROM sms INDEXED BY sms_finished_idx
+WHERE status IN ",
+    crate::store::finished_statuses!(),
+    " AND updated_at < ?1
+ORDER BY updated_at
+LIMIT ?2"
+);
+
+// ?1 = JSON array of those ids. Children first (the counts are logged).
+const RETENTION_DELETE_ATTEMPTS: &str =
+    "DELETE FROM sms_attempt WHERE sms_id IN (SELECT value FROM json_each(?1))";
+const RETENTION_DELETE_EVENTS: &str =
+    "DELETE FROM sms_event WHERE sms_id IN (SELECT value FROM json_each(?1))";
+const RETENTION_DELETE_MESSAGES: &str =
+    "DELETE FROM sms WHERE id IN (SELECT value FROM json_each(?1))";
 
 // ?1 = now; the age comes back in milliseconds.
 const DUE_STATS: &str = "
@@ -635,6 +660,41 @@ impl Leases for SqliteStore {
                     .bind(at_most_once)
                     .execute(&mut *tx)
                     .await?;
+            }
+            tx.commit().await?;
+            Ok(report)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Retention for SqliteStore {
+    async fn delete_finished(
+        &self,
+        older_than: Duration,
+        limit: u32,
+    ) -> Result<PurgeReport, StoreError> {
+        // BEGIN IMMEDIATE makes retention runs on one file take turns, as
+        // the reaper's do: no separate lock, never a skipped batch.
+        self.call(async |conn| {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            let cutoff = now_ms().saturating_sub(millis(older_than));
+            let ids: Vec<i64> = sqlx::query_scalar(RETENTION_ROWS)
+                .bind(cutoff)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut report = PurgeReport::default();
+            if !ids.is_empty() {
+                let json = to_json(&ids)?;
+                let mut delete = async |sql: &'static str| -> Result<u64, StoreError> {
+                    let done = sqlx::query(sql).bind(&json).execute(&mut *tx).await?;
+                    Ok(done.rows_affected())
+                };
+                report.attempts = delete(RETENTION_DELETE_ATTEMPTS).await?;
+                report.events = delete(RETENTION_DELETE_EVENTS).await?;
+                report.messages = delete(RETENTION_DELETE_MESSAGES).await?;
             }
             tx.commit().await?;
             Ok(report)

@@ -55,6 +55,7 @@ mod list;
 mod opt_outs;
 mod outcomes;
 mod reports;
+mod retention;
 mod schema;
 mod timeout;
 mod unreadable;

@@ -90,7 +90,7 @@ fn the_reference_config_file_is_valid_and_complete() {
 fn bad_configuration_names_the_key_and_exits_2() {
     // (environment, extra config file lines, the key the error must name)
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
-    let cases: [Case; 10] = [
+    let cases: [Case; 12] = [
         (
             &[("SMSRELAY_DISPATCH__BATCH_SIZE", "lots")],
             "",
@@ -107,6 +107,16 @@ fn bad_configuration_names_the_key_and_exits_2() {
             &[("SMSRELAY_HOUSEKEEPING__REAPER", "every minute")],
             "",
             "housekeeping.reaper",
+        ),
+        (
+            &[("SMSRELAY_HOUSEKEEPING__RETENTION", "5m")],
+            "",
+            "housekeeping.retention",
+        ),
+        (
+            &[("SMSRELAY_HOUSEKEEPING__RETENTION_SCHEDULE", "nightly")],
+            "",
+            "housekeeping.retention_schedule",
         ),
         (
             &[("SMSRELAY_DATABASE__READ_URL", "mysql://replica/x")],

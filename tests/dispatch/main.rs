@@ -43,6 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smsrelay::housekeeping::{ReaperSettings, reap_once};
+use smsrelay::store::Retention;
 use support::*;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -794,4 +795,121 @@ async fn only_one_reaper_runs_at_a_time() {
     let report = reap_once(db.store.as_ref(), &reaper(8)).await.unwrap();
     assert!(!report.skipped);
     assert_eq!(db.status(id).await, "pending");
+}
+
+#[tokio::test]
+async fn only_one_retention_batch_runs_at_a_time() {
+    let db = TestDb::new().await;
+    let id = db.insert(1, "+254712345678", "hello").await;
+    let claim = db
+        .store
+        .claim("node-a", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let sent = smsrelay::domain::Outcome {
+        id,
+        attempt: claim.messages[0].attempt,
+        outcome: smsrelay::domain::AttemptOutcome::Accepted,
+        next: smsrelay::domain::NextState::Sent,
+        http_status: Some(200),
+        provider_message_id: None,
+        provider: None,
+        error: None,
+        segments: Some(1),
+        reason: "accepted".into(),
+    };
+    db.store.record_outcomes("node-a", &[sent]).await.unwrap();
+    sqlx::query("UPDATE sms SET updated_at = now() - interval '100 days' WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let retention = Duration::from_secs(90 * 24 * 3600);
+
+    // Another instance's retention batch is mid-run: it holds the lock in its transaction.
+    let mut other = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(0x0073_6d73_7265_7465_i64)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let batch = db.store.delete_finished(retention, 100).await.unwrap();
+    assert!(batch.skipped);
+    assert_eq!(
+        db.status(id).await,
+        "sent",
+        "left to the instance holding the lock"
+    );
+    other.commit().await.unwrap();
+
+    let batch = db.store.delete_finished(retention, 100).await.unwrap();
+    assert!(!batch.skipped);
+    assert_eq!((batch.messages, batch.attempts, batch.events), (1, 1, 2));
+}
+
+/// `smsrelay run` schedules retention: an aged finished message and its
+/// history go on the next run; an aged pending one is sent, not deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_retention_on_its_schedule() {
+    let db = TestDb::new().await;
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(AcceptWithId)
+        .mount(&provider)
+        .await;
+    let mut config = test_config(&db, &provider.uri());
+    config.housekeeping.retention_schedule = "* * * * * *".into();
+    let old = db.insert(1, "+254712345678", "old").await;
+    let claim = db
+        .store
+        .claim("node-a", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let sent = smsrelay::domain::Outcome {
+        id: old,
+        attempt: claim.messages[0].attempt,
+        outcome: smsrelay::domain::AttemptOutcome::Accepted,
+        next: smsrelay::domain::NextState::Sent,
+        http_status: Some(200),
+        provider_message_id: None,
+        provider: None,
+        error: None,
+        segments: Some(1),
+        reason: "accepted".into(),
+    };
+    db.store.record_outcomes("node-a", &[sent]).await.unwrap();
+    let waiting = db.insert(2, "+254712345678", "waiting").await;
+    sqlx::query("UPDATE sms SET updated_at = now() - interval '100 days'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let app = smsrelay::app::Application::from_parts(&config, db.store.clone(), webhook(&config));
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let gone = eventually(Duration::from_secs(20), || async {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM sms WHERE id = $1)
+                  + (SELECT count(*) FROM sms_event WHERE sms_id = $1)
+                  + (SELECT count(*) FROM sms_attempt WHERE sms_id = $1)",
+        )
+        .bind(old)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        left == 0
+    })
+    .await;
+    let waiting_sent = eventually(Duration::from_secs(20), || async {
+        db.status(waiting).await == "sent"
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert!(gone, "the aged sent message and its history were deleted");
+    assert!(
+        waiting_sent,
+        "the aged pending message was sent, not deleted"
+    );
+    assert_eq!(received_ids(&provider).await.len(), 1);
 }
