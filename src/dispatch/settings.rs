@@ -38,8 +38,7 @@ pub struct DispatchSettings {
     /// What an ambiguous send (request written, answer lost) leads to.
     pub guarantee: Guarantee,
     /// Wake up when the platform inserts a message instead of at the next
-    /// poll: PostgreSQL LISTEN/NOTIFY, SQLite `PRAGMA data_version`. Off
-    /// behind a transaction-mode pooler (PgBouncer), where LISTEN cannot work.
+    /// poll, where the database can tell cheaply (SQLite `PRAGMA data_version`).
     pub wake_on_insert: bool,
 }
 

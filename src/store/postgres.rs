@@ -17,7 +17,6 @@ use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Connection, Postgres};
-use tokio_util::sync::CancellationToken;
 
 use super::backend::{Backend, DirectorySql};
 use super::batch::{
@@ -362,10 +361,6 @@ impl Backend for PgStore {
     async fn apply_migrations(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
-    }
-
-    async fn watch_inserts(&self, wake: &(dyn Fn() + Send + Sync), stop: &CancellationToken) {
-        super::wakeups::listen_postgres(&self.pool, wake, stop).await
     }
 
     async fn due_stats(&self) -> Result<(i64, f64), StoreError> {

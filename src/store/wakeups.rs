@@ -2,9 +2,11 @@
 //! at its next poll. Polling stays on everywhere as the fallback: a
 //! wake-up lost while a connection is being re-made only costs latency.
 //!
-//! - PostgreSQL: a statement-level trigger on `sms` INSERT runs
-//!   `pg_notify('smsrelay_new_sms', '')` (migration 0007); a dedicated
-//!   connection LISTENs. Delivered at the inserting transaction's commit.
+//! - PostgreSQL: not yet. A NOTIFY from a trigger on every INSERT
+//!   serialises the platform's commits on PostgreSQL's notify lock (measured:
+//!   16 concurrent single-row inserters fell from 2,300-4,300 to 330-440
+//!   commits/s), so it must only fire while a dispatcher waits; until then
+//!   PostgreSQL polls.
 //! - SQLite: `PRAGMA data_version` on a dedicated connection changes when
 //!   another connection commits a change to the file; reading it is a
 //!   memory read, so it is checked every [`SQLITE_CHECK_EVERY`].
@@ -14,64 +16,14 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use sqlx::ConnectOptions;
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::sqlite::SqliteConnectOptions;
 use tokio_util::sync::CancellationToken;
-
-/// The channel migration 0007's trigger notifies.
-pub(super) const CHANNEL: &str = "smsrelay_new_sms";
 
 /// How often SQLite's `data_version` is read.
 pub(super) const SQLITE_CHECK_EVERY: Duration = Duration::from_millis(5);
 
 /// How long to wait before connecting again after the watch connection failed.
 const RECONNECT_AFTER: Duration = Duration::from_secs(2);
-
-/// LISTENs on a connection of its own (not one of `pool`'s, so the
-/// dispatcher's pool keeps every connection), re-made after any failure.
-pub(super) async fn listen_postgres(
-    pool: &PgPool,
-    wake: &(dyn Fn() + Send + Sync),
-    stop: &CancellationToken,
-) {
-    let own = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_lazy_with((*pool.connect_options()).clone());
-    let mut warned = false;
-    while !stop.is_cancelled() {
-        let Err(e) = tokio::select! {
-            result = listen_once(&own, wake, warned) => result,
-            _ = stop.cancelled() => break,
-        };
-        if !std::mem::replace(&mut warned, true) {
-            tracing::warn!(error = %e, "cannot LISTEN for new messages; polling until it can");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(RECONNECT_AFTER) => {}
-            _ = stop.cancelled() => break,
-        }
-    }
-    own.close().await;
-}
-
-/// LISTENs until the connection fails.
-async fn listen_once(
-    own: &PgPool,
-    wake: &(dyn Fn() + Send + Sync),
-    warned: bool,
-) -> Result<Infallible, sqlx::Error> {
-    let mut listener = PgListener::connect_with(own).await?;
-    listener.listen(CHANNEL).await?;
-    if warned {
-        tracing::info!("listening for new messages again");
-    }
-    // Whatever was inserted while we were not listening.
-    wake();
-    loop {
-        listener.recv().await?;
-        wake();
-    }
-}
 
 /// Reads `PRAGMA data_version` on a connection of its own and wakes on every
 /// change (a commit by any other connection, the platform's or ours).

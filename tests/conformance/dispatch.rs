@@ -380,8 +380,8 @@ async fn the_idempotency_key_is_stable_per_message_and_unique_across_databases(d
 }
 
 /// With a poll 30 s away, a message the platform INSERTs is sent at once:
-/// the dispatcher is woken by the database (PostgreSQL LISTEN/NOTIFY,
-/// SQLite `PRAGMA data_version`), not by its poll.
+/// the dispatcher is woken by the database (SQLite `PRAGMA data_version`),
+/// not by its poll.
 async fn a_new_message_wakes_the_dispatcher_before_its_next_poll(db: TestStore) {
     let provider = accepting_provider().await;
     let mut config = config(&db, &provider.uri());
@@ -410,13 +410,6 @@ async fn a_new_message_wakes_the_dispatcher_before_its_next_poll(db: TestStore) 
     running.await.unwrap();
     assert!(sent, "sent before the next poll, 30 s away");
     assert_eq!(received_ids(&provider).await, [id]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_message_wakes_the_dispatcher_on_postgres() {
-    if let Some(db) = TestStore::new(crate::backends::Backend::Postgres).await {
-        a_new_message_wakes_the_dispatcher_before_its_next_poll(db).await
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
