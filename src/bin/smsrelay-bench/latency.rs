@@ -16,15 +16,13 @@ use crate::daemon::{self, Daemon};
 use crate::database::FreshDb;
 use crate::provider::Provider;
 
-/// Concurrent inserters: one INSERT commit takes about a millisecond, so a
-/// single connection could not keep up with 1,000 a second on its own.
-const INSERTERS: u32 = 4;
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Latency {
     pub offered_per_second: u32,
     pub seconds: f64,
     pub messages: u64,
+    /// Messages inserted per second, as achieved.
+    pub inserted_per_second: f64,
     /// Inserts issued more than 10 ms after their slot (the inserter fell behind).
     pub late_inserts: u64,
     pub p50_ms: f64,
@@ -100,10 +98,11 @@ async fn run_on(
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
     let next = Arc::new(AtomicU64::new(1));
     let late = Arc::new(AtomicU64::new(0));
+    let pool = crate::database::connect(&db.url, args.inserters).await?;
     let t0 = tokio::time::Instant::now();
-    let inserters: Vec<_> = (0..INSERTERS)
+    let inserters: Vec<_> = (0..args.inserters)
         .map(|_| {
-            let (pool, next, late) = (db.pool.clone(), next.clone(), late.clone());
+            let (pool, next, late) = (pool.clone(), next.clone(), late.clone());
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -124,6 +123,7 @@ async fn run_on(
         task.await.context("inserter")??;
     }
     let seconds = t0.elapsed().as_secs_f64();
+    pool.close().await;
     crate::burndown::until_finished(
         db,
         provider,
@@ -144,6 +144,7 @@ async fn run_on(
         offered_per_second: args.rate,
         seconds,
         messages: total,
+        inserted_per_second: total as f64 / seconds,
         late_inserts: late.load(Ordering::Relaxed),
         p50_ms: percentile_ms(l, 0.50),
         p90_ms: percentile_ms(l, 0.90),

@@ -46,6 +46,10 @@ pub struct Args {
     /// How long the latency section inserts.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub latency_duration: Duration,
+    /// Connections inserting in the latency section, one row per INSERT each
+    /// (a commit costs milliseconds here, so one connection cannot offer 1,000 a second).
+    #[arg(long, default_value_t = 16)]
+    pub inserters: u32,
     /// Rows per claim, for the daemon ([dispatch] batch_size) and the ceiling alike.
     #[arg(long, env = "SMSRELAY_DISPATCH__BATCH_SIZE", default_value_t = 64)]
     pub batch_size: u32,
@@ -96,9 +100,14 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse().sized();
-    if args.messages < 1 || args.rate < 1 || args.batch_size < 1 || args.ceiling_connections < 1 {
+    if args.messages < 1
+        || args.rate < 1
+        || args.inserters < 1
+        || args.batch_size < 1
+        || args.ceiling_connections < 1
+    {
         eprintln!(
-            "smsrelay-bench: --messages, --rate, --batch-size and --ceiling-connections must be at least 1"
+            "smsrelay-bench: --messages, --rate, --inserters, --batch-size and --ceiling-connections must be at least 1"
         );
         return ExitCode::from(2);
     }

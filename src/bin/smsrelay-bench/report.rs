@@ -169,6 +169,7 @@ pub async fn run(args: &Args) -> anyhow::Result<bool> {
     if let Some(l) = &latency {
         let mut t = Table::new(&[
             "offered msgs/s",
+            "inserted msgs/s",
             "seconds",
             "messages",
             "late inserts",
@@ -181,6 +182,7 @@ pub async fn run(args: &Args) -> anyhow::Result<bool> {
         ]);
         t.row(vec![
             l.offered_per_second.to_string(),
+            format!("{:.0}", l.inserted_per_second),
             format!("{:.1}", l.seconds),
             l.messages.to_string(),
             l.late_inserts.to_string(),
