@@ -109,7 +109,7 @@ async fn run_on(
                     if i > total {
                         return anyhow::Ok(());
                     }
-                    let slot = t0 + interval * (i - 1) as u32;
+                    let slot = t0 + interval.mul_f64((i - 1) as f64);
                     tokio::time::sleep_until(slot).await;
                     if slot.elapsed() > Duration::from_millis(10) {
                         late.fetch_add(1, Ordering::Relaxed);
