@@ -381,9 +381,9 @@ log "running: ${cmd[*]}"
 status=0
 "${cmd[@]}" || status=$?
 log "tests exited with status $status"
-# The whole suite (no filter given) ends with the API contract test and a
-# short fault-injection run in each guarantee (README "Guarantees"):
-# CHAOS_SEED=N replays another seed.
+# The whole suite (no filter given) ends with the API contract test, a
+# short fault-injection run in each guarantee (README "Guarantees";
+# CHAOS_SEED=N replays another seed) and the benchmark's quick mode.
 if (($# == 0)); then
     contract=0
     tests/contract.sh || contract=$?
@@ -398,5 +398,14 @@ if (($# == 0)); then
     done
     log "chaos run exited with status $chaos"
     ((status)) || status=$chaos
+    # The benchmark's quick mode as a smoke test (README "Performance"): it
+    # exits non-zero when a count is wrong (a message not sent, a duplicate);
+    # its timings are printed, never asserted.
+    bench=0
+    cargo build --release --bin smsrelay --bin smsrelay-bench || bench=$?
+    ((bench)) || target/release/smsrelay-bench --quick --database-url "$DATABASE_URL" \
+        --json target/bench/smoke.json || bench=$?
+    log "benchmark smoke run exited with status $bench"
+    ((status)) || status=$bench
 fi
 exit "$status"

@@ -1,4 +1,5 @@
-//! Benchmarks, run on demand and never by tests/run.sh (they are `#[ignore]`d):
+//! Benchmarks, run on demand and never by tests/run.sh (they are `#[ignore]`d),
+//! and the smoke tests of `smsrelay-bench` (`smoke.rs`, run by the suite):
 //!
 //! ```sh
 //! cargo test --release --test bench -- --ignored --nocapture --test-threads 1
@@ -20,6 +21,7 @@ mod support;
 
 mod api;
 mod dispatch;
+mod smoke;
 mod stats;
 
 /// `GET /sms?clientId=X&limit=50` and friends on 1,000,000 rows; target: p99 < 20 ms.
