@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use super::callback::{check_callback_secret, parse_http_url, secret_matches};
+use super::checks;
 use super::webhook::{request_failed_at, retry_after};
 use super::{
     CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendLimits,
@@ -68,43 +69,20 @@ impl KannelSettings {
         if self.username.trim().is_empty() {
             return Err(invalid(k("username"), "must not be empty"));
         }
-        if self.password.is_none() && self.password_credential.is_none() {
-            return Err(invalid(
-                k("password"),
-                format!("is required (or {})", k("password_credential")),
-            ));
-        }
-        if let Some(from) = &self.from
-            && from.trim().is_empty()
-        {
-            return Err(invalid(
-                k("from"),
-                "must not be empty (leave it out to use the smsbox's default sender)",
-            ));
-        }
-        if let Some(base) = &self.dlr_url_base {
-            let parsed = parse_http_url(&k("dlr_url_base"), base)?;
-            if parsed.query().is_some() || parsed.fragment().is_some() {
-                return Err(invalid(
-                    k("dlr_url_base"),
-                    "must be a base URL without query or fragment, e.g. https://sms.example.com",
-                ));
-            }
-            if self.callback_secret.is_none() && self.callback_secret_credential.is_none() {
-                return Err(invalid(
-                    k("callback_secret"),
-                    format!(
-                        "is required when {} is set (or {})",
-                        k("dlr_url_base"),
-                        k("callback_secret_credential")
-                    ),
-                ));
-            }
-        }
-        if let Some(secret) = &self.callback_secret {
-            check_callback_secret(&k("callback_secret"), secret)?;
-        }
-        Ok(())
+        checks::require_secret(
+            instance,
+            "password",
+            &self.password,
+            &self.password_credential,
+        )?;
+        checks::optional_sender(instance, &self.from, "the smsbox's default sender")?;
+        checks::callback_base(
+            instance,
+            "dlr_url_base",
+            &self.dlr_url_base,
+            &self.callback_secret,
+            &self.callback_secret_credential,
+        )
     }
 }
 

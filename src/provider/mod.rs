@@ -38,6 +38,7 @@
 
 pub mod africastalking;
 pub mod callback;
+pub mod checks;
 pub mod health;
 pub mod infobip;
 pub mod kannel;

@@ -13,6 +13,7 @@ use subtle::ConstantTimeEq;
 use std::sync::Arc;
 
 use super::callback::parse_http_url;
+use super::checks;
 use super::webhook::{request_failed_at, retry_after};
 use super::{
     CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendLimits,
@@ -82,12 +83,12 @@ impl TwilioSettings {
                 "must be AC followed by 32 hex digits (the Account SID on Twilio's console)",
             ));
         }
-        if self.auth_token.is_none() && self.auth_token_credential.is_none() {
-            return Err(invalid(
-                k("auth_token"),
-                format!("is required (or {})", k("auth_token_credential")),
-            ));
-        }
+        checks::require_secret(
+            instance,
+            "auth_token",
+            &self.auth_token,
+            &self.auth_token_credential,
+        )?;
         match (&self.from, &self.messaging_service_sid) {
             (Some(_), Some(_)) | (None, None) => {
                 return Err(invalid(
