@@ -24,7 +24,7 @@ pub mod settings;
 pub mod sqlite;
 mod wakeups;
 
-pub use backend::QUEUE_COUNTS;
+pub use backend::{OVERDUE_CAP, QUEUE_COUNTS};
 pub use layered::with_queue;
 
 use std::sync::Arc;
@@ -343,7 +343,11 @@ pub trait Queue: Send + Sync + 'static {
     ) -> Result<Claim, StoreError>;
 
     /// Writes outcomes in one statement; each applies only while the row is
-    /// still `sending` with that attempt under `instance`'s lease.
+    /// still `sending` with that attempt under `instance`'s lease. A row
+    /// with a delivery report kept (it came before this outcome) goes to the
+    /// report's final status instead, whatever the outcome, with the events
+    /// `sending -> sent` and `sent -> delivered | undelivered`: the provider
+    /// has the message, so it is not sent again.
     async fn record_outcomes(
         &self,
         instance: &str,
@@ -448,8 +452,10 @@ pub trait Schema: Send + Sync + 'static {
 #[async_trait]
 pub trait Reports: Send + Sync + 'static {
     /// Applies a provider's final delivery report in one transaction: `sent`
-    /// becomes `delivered` / `undelivered` with an event; anything else is
-    /// left as it is and said so (see [`ReportApplied`]).
+    /// becomes `delivered` / `undelivered` with an event; a `pending` or
+    /// `sending` message keeps the report (the first one) until its send's
+    /// outcome is recorded, which then applies it (see [`Queue::record_outcomes`]);
+    /// anything else is left as it is and said so (see [`ReportApplied`]).
     async fn apply_delivery_report(
         &self,
         report: &DeliveryReport,
@@ -462,6 +468,15 @@ pub trait Reports: Send + Sync + 'static {
         provider: &str,
         provider_message_id: &str,
     ) -> Result<Option<(i64, u32)>, StoreError>;
+
+    /// How many messages are `sent` through one of `providers` (by their
+    /// last attempt) for longer than `window` without a report, by the
+    /// database's clock; at most [`OVERDUE_CAP`]. 0 without providers.
+    async fn overdue_reports(
+        &self,
+        providers: &[String],
+        window: Duration,
+    ) -> Result<u64, StoreError>;
 }
 
 /// Recipients who unsubscribed (table `sms_opt_out`), keyed by [`OptOutKey`].

@@ -20,8 +20,8 @@ use sqlx::{AssertSqlSafe, Connection, Postgres};
 
 use super::backend::{Backend, DirectorySql};
 use super::batch::{
-    AttemptRef, EXPIRE_BATCH, OutcomeRow, apply_report, millis, record_report, report_target,
-    sweep_expired, to_json,
+    AttemptRef, EXPIRE_BATCH, OutcomeRow, ReportTarget, apply_report, millis, record_report,
+    report_target, reported_early, sweep_expired, taken_as_sent, to_json,
 };
 use super::deadline;
 use super::query::{Arg, Style};
@@ -143,7 +143,13 @@ SELECT id, attempts, mobile_no, message, send_key FROM claimed ORDER BY id";
 // Outcomes arrive as one JSON array (batch::OutcomeRow). The WHERE
 // clause is the fence: only a row still `sending` under this attempt and this
 // instance's lease changes; anything else is a stale write and is left alone.
-const RECORD: &str = "
+// A delivery report kept on the row (migration 0010) decides its status:
+// the provider has the message, whatever this outcome says, so it goes
+// straight to the report's final status, with the events `sending -> sent`
+// and `sent -> final`. The SET reads the row as the UPDATE locks it, so a
+// report committed while this statement waited for that row is seen.
+const RECORD: &str = concat!(
+    "
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($2::jsonb) AS t(
         id bigint, attempt int, next_status text, retry_ms bigint, outcome text, http_status int,
@@ -151,13 +157,15 @@ WITH input AS (
 ),
 updated AS (
     UPDATE sms SET
-        status = input.next_status,
+        status = COALESCE(sms.early_report, input.next_status),
         locked_by = NULL,
         lease_expires_at = NULL,
-        next_attempt_at = CASE WHEN input.next_status = 'pending'
+        next_attempt_at = CASE WHEN input.next_status = 'pending' AND sms.early_report IS NULL
                                THEN now() + input.retry_ms * interval '1 millisecond'
                                ELSE sms.next_attempt_at END,
-        sent_at = CASE WHEN input.next_status = 'sent' THEN now() ELSE sms.sent_at END,
+        sent_at = CASE WHEN input.next_status = 'sent' OR sms.early_report IS NOT NULL
+                       THEN now() ELSE sms.sent_at END,
+        delivered_at = CASE WHEN sms.early_report = 'delivered' THEN now() ELSE sms.delivered_at END,
         provider_message_id = COALESCE(input.provider_message_id, sms.provider_message_id),
         last_error = COALESCE(input.error, sms.last_error),
         segments = COALESCE(input.segments, sms.segments),
@@ -168,7 +176,8 @@ updated AS (
       AND sms.attempts = input.attempt
       AND sms.locked_by = $1
     RETURNING sms.id, input.attempt, input.next_status, input.outcome, input.http_status,
-              input.provider_message_id, input.error, input.reason, input.provider
+              input.provider_message_id, input.error, input.reason, input.provider,
+              sms.status AS now_status, sms.early_report_reason
 ),
 attempt AS (
     UPDATE sms_attempt a SET
@@ -183,9 +192,24 @@ attempt AS (
 ),
 event AS (
     INSERT INTO sms_event (sms_id, from_status, to_status, reason)
-    SELECT id, 'sending', next_status, reason FROM updated
+    SELECT id, from_status, to_status, reason FROM (
+        SELECT id, 1 AS step, 'sending' AS from_status,
+               CASE WHEN now_status = next_status THEN next_status ELSE 'sent' END AS to_status,
+               CASE WHEN now_status = next_status OR next_status = 'sent' THEN reason
+                    ELSE '",
+    taken_as_sent!(),
+    "' || reason END AS reason
+        FROM updated
+        UNION ALL
+        SELECT id, 2, 'sent', now_status, early_report_reason || '",
+    reported_early!(),
+    "'
+        FROM updated WHERE now_status <> next_status
+    ) AS steps
+    ORDER BY id, step
 )
-SELECT count(*) FROM updated";
+SELECT count(*) FROM updated"
+);
 
 // Rows the provider never took (shutdown, a paused or throttling provider):
 // back to `pending` as if never claimed. The attempt row goes too, since the
@@ -329,6 +353,13 @@ WHERE id = $1";
 const REPORT_EVENT: &str =
     "INSERT INTO sms_event (sms_id, from_status, to_status, reason) VALUES ($1, 'sent', $2, $3)";
 
+// A report before the send's outcome is kept on the row for RECORD; the
+// first one only, so a duplicate or a contrary one changes nothing.
+// $1 = id, $2 = status, $3 = the provider's status and code.
+const REPORT_KEEP: &str = "
+UPDATE sms SET early_report = $2, early_report_reason = $3
+WHERE id = $1 AND early_report IS NULL";
+
 #[async_trait]
 impl Backend for PgStore {
     type Row = PgRow;
@@ -339,6 +370,8 @@ impl Backend for PgStore {
         nulls_last: true,
     };
     const MIGRATIONS_TABLE: &'static str = "SELECT count(*) AS n FROM pg_tables WHERE tablename = '_sqlx_migrations' AND schemaname = current_schema()";
+    const SENT_BEFORE_WINDOW: &'static str =
+        "s.sent_at < now() - $1::bigint * interval '1 millisecond'";
     const DEMO_INSERT: &'static str = concat!(
         "INSERT",
         crate::store::demo_rows!(),
@@ -562,6 +595,10 @@ impl Reports for PgStore {
                 sqlx::query(REPORT_EVENT)
                     .bind(report.sms_id)
                     .bind(to)
+                    .bind(&report.reason),
+                sqlx::query(REPORT_KEEP)
+                    .bind(report.sms_id)
+                    .bind(to)
                     .bind(&report.reason)
             )
         })
@@ -574,5 +611,13 @@ impl Reports for PgStore {
         provider_message_id: &str,
     ) -> Result<Option<(i64, u32)>, StoreError> {
         super::backend::attempt_by_provider_message_id(self, provider, provider_message_id).await
+    }
+
+    async fn overdue_reports(
+        &self,
+        providers: &[String],
+        window: Duration,
+    ) -> Result<u64, StoreError> {
+        super::backend::overdue_reports(self, providers, window).await
     }
 }
