@@ -290,7 +290,8 @@ pub(super) use apply_report;
 
 /// The reason of the `sending -> sent` event of an outcome that was not an
 /// acceptance but had a report kept: the report shows the provider has the
-/// message, so it is not sent again. PostgreSQL's RECORD says the same in SQL.
+/// message, so it is not sent again. PostgreSQL's RECORD splices this and
+/// [`reported_early`] into SQL string literals: no `'` in either.
 macro_rules! taken_as_sent {
     () => {
         "taken as sent: the provider reported on this message before this outcome was recorded: "
@@ -301,7 +302,7 @@ pub(super) use taken_as_sent;
 /// Appended to a kept report's reason in its `sent -> delivered | undelivered` event.
 macro_rules! reported_early {
     () => {
-        " (reported before the send's outcome was recorded)"
+        " (reported before the send outcome was recorded)"
     };
 }
 pub(super) use reported_early;
