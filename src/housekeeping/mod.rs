@@ -112,15 +112,18 @@ pub async fn reap_once(
             .await?;
         total.requeued += pass.requeued;
         total.failed += pass.failed;
+        total.reported += pass.reported;
         total.skipped |= pass.skipped;
-        if pass.skipped || pass.requeued + pass.failed < u64::from(settings.batch) {
+        if pass.skipped || pass.requeued + pass.failed + pass.reported < u64::from(settings.batch)
+        {
             break;
         }
     }
-    if total.requeued + total.failed > 0 {
+    if total.requeued + total.failed + total.reported > 0 {
         tracing::warn!(
             requeued = total.requeued,
             failed = total.failed,
+            reported = total.reported,
             "recovered messages whose lease expired (an instance crashed or hung; they may have been sent)"
         );
     }

@@ -307,6 +307,51 @@ macro_rules! reported_early {
 }
 pub(super) use reported_early;
 
+/// The event reason of a row the reaper recovers, from its `last_error`
+/// (MySQL and SQLite; PostgreSQL's REAP says the same in SQL).
+pub(super) fn reap_reason(at_most_once: bool, failed: bool, last_error: &str) -> String {
+    if at_most_once {
+        format!("{last_error}; not sent again (dispatch.guarantee = at-most-once)")
+    } else if failed {
+        format!("attempts exhausted: {last_error}")
+    } else {
+        last_error.to_owned()
+    }
+}
+
+/// The events of a row the reaper recovers: `sending -> status`, or with a
+/// report kept (its final status and reason) `sending -> sent -> final`.
+pub(super) fn reap_events<'a>(
+    id: i64,
+    status: &'a str,
+    reason: String,
+    last_error: &str,
+    kept: Option<(&'a str, &'a str)>,
+) -> Vec<EventRow<'a>> {
+    match kept {
+        None => vec![EventRow {
+            id,
+            from_status: "sending",
+            to_status: status,
+            reason: Cow::Owned(reason),
+        }],
+        Some((to, reported)) => vec![
+            EventRow {
+                id,
+                from_status: "sending",
+                to_status: "sent",
+                reason: Cow::Owned(format!("{}{last_error}", taken_as_sent!())),
+            },
+            EventRow {
+                id,
+                from_status: "sent",
+                to_status: to,
+                reason: Cow::Owned(format!("{reported}{}", reported_early!())),
+            },
+        ],
+    }
+}
+
 /// One `sms_event` row of an outcome batch, as JSON (MySQL, SQLite).
 #[derive(Debug, Serialize)]
 pub(super) struct EventRow<'a> {

@@ -167,6 +167,9 @@ pub struct ReapReport {
     pub requeued: u64,
     /// Moved to `failed`: their last allowed attempt was abandoned.
     pub failed: u64,
+    /// Moved to `delivered` / `undelivered`: a delivery report kept for them
+    /// shows the provider took the abandoned attempt (neither sent again nor failed).
+    pub reported: u64,
     /// Another instance held the reaper lock; nothing was done.
     pub skipped: bool,
 }
@@ -380,7 +383,9 @@ pub trait Leases: Send + Sync + 'static {
     ) -> Result<u64, StoreError>;
 
     /// Returns rows whose lease expired to `pending` (or `failed` when that was
-    /// their last attempt), marking the open attempt `abandoned`. Under
+    /// their last attempt), marking the open attempt `abandoned`. A row with
+    /// a delivery report kept goes to that report's final status instead
+    /// (events `sending -> sent -> delivered | undelivered`). Under
     /// at-most-once every such row fails instead, with a reason starting
     /// `outcome unknown` (the attempt may have reached the provider). Runs in
     /// one instance at a time.

@@ -34,7 +34,7 @@ use sqlx::{AssertSqlSafe, Connection, Executor};
 use super::backend::{Backend, DirectorySql, insert_args};
 use super::batch::{
     AttemptRef, EXPIRE_BATCH, OutcomeRow, ReportTarget, apply_report, first_per_id, micros,
-    outcome_events, record_report, report_target, sweep_expired, to_json,
+    outcome_events, reap_events, reap_reason, record_report, report_target, sweep_expired, to_json,
 };
 use super::deadline;
 use super::query::{Arg, Style};
@@ -266,7 +266,7 @@ SET a.finished_at = UTC_TIMESTAMP(6),
     a.error = i.error,
     a.provider = i.provider";
 
-// Parameter: JSON [batch::EventRow], inserted in array order.
+// Parameter: JSON [batch::EventRow], inserted in array order (the reaper's too).
 const RECORD_EVENTS: &str = "
 INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
 SELECT i.id, i.from_status, i.to_status, i.reason, UTC_TIMESTAMP(6)
@@ -316,14 +316,15 @@ const REAPER_LOCK: &str = "SELECT GET_LOCK(LEFT(CONCAT('smsrelay.reaper.', DATAB
 const REAPER_UNLOCK: &str = "SELECT RELEASE_LOCK(LEFT(CONCAT('smsrelay.reaper.', DATABASE()), 64))";
 
 // Expired leases: the instance crashed or hung. Parameter: limit.
+// With the delivery report kept on each row, if any (migration 0010).
 const REAP_LOCK: &str = "
-SELECT id, attempts, locked_by FROM sms FORCE INDEX (sms_lease_idx)
+SELECT id, attempts, locked_by, early_report, early_report_reason FROM sms FORCE INDEX (sms_lease_idx)
 WHERE status = 'sending' AND lease_expires_at < UTC_TIMESTAMP(6)
 ORDER BY lease_expires_at
 LIMIT ?
 FOR UPDATE SKIP LOCKED";
 
-// Parameter: JSON [ReapRow].
+// Parameter: JSON [ReapRow]. A row with a report kept takes its final status.
 const REAP: &str = "
 UPDATE sms s JOIN JSON_TABLE(?, '$[*]' COLUMNS (
         id BIGINT PATH '$.id', status VARCHAR(16) PATH '$.status',
@@ -332,6 +333,8 @@ UPDATE sms s JOIN JSON_TABLE(?, '$[*]' COLUMNS (
 SET s.status = i.status,
     s.last_error = i.last_error,
     s.next_attempt_at = UTC_TIMESTAMP(6),
+    s.sent_at = CASE WHEN i.status IN ('delivered', 'undelivered') THEN UTC_TIMESTAMP(6) ELSE s.sent_at END,
+    s.delivered_at = CASE WHEN i.status = 'delivered' THEN UTC_TIMESTAMP(6) ELSE s.delivered_at END,
     s.locked_by = NULL,
     s.lease_expires_at = NULL,
     s.updated_at = UTC_TIMESTAMP(6)";
@@ -345,11 +348,6 @@ SET a.finished_at = UTC_TIMESTAMP(6),
     a.outcome = 'abandoned',
     a.error = 'lease expired before an outcome was recorded'";
 
-const REAP_EVENTS: &str = "
-INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
-SELECT i.id, 'sending', i.status, i.reason, UTC_TIMESTAMP(6)
-FROM JSON_TABLE(?, '$[*]' COLUMNS (
-        id BIGINT PATH '$.id', status VARCHAR(16) PATH '$.status', reason TEXT PATH '$.reason')) AS i";
 
 // --- retention -------------------------------------------------------------
 
@@ -393,7 +391,6 @@ struct ReapRow {
     attempt: i64,
     status: &'static str,
     last_error: String,
-    reason: String,
 }
 
 // --- the rest --------------------------------------------------------------
@@ -428,6 +425,9 @@ fn bind<'q>(
 
 /// The ids among `locked` whose row still passes the fence for `expected`:
 /// `sending`, on that attempt, leased to `instance`.
+/// A row locked for the reaper: id, attempts, owner, kept report and its reason.
+type LockedForReap = (i64, i32, Option<String>, Option<String>, Option<String>);
+
 /// A row locked for outcomes: id, status, attempts, owner, kept report and its reason.
 type LockedForOutcome = (i64, String, i32, Option<String>, Option<String>, Option<String>);
 
@@ -488,50 +488,60 @@ impl MySqlStore {
     ) -> Result<ReapReport, StoreError> {
         let at_most_once = guarantee == Guarantee::AtMostOnce;
         let mut tx = conn.begin().await?;
-        let rows: Vec<(i64, i32, Option<String>)> = sqlx::query_as(REAP_LOCK)
+        let rows: Vec<LockedForReap> = sqlx::query_as(REAP_LOCK)
             .bind(i64::from(limit))
             .fetch_all(&mut *tx)
             .await?;
         let mut report = ReapReport::default();
-        let reaped: Vec<ReapRow> = rows
-            .into_iter()
-            .map(|(id, attempts, locked_by)| {
-                // Under at-most-once the abandoned attempt may have reached the provider.
-                let failed = at_most_once || i64::from(attempts) >= i64::from(max_attempts);
-                let last_error = format!(
-                    "{}lease of {} expired during attempt {attempts}",
-                    if at_most_once {
-                        "outcome unknown: "
-                    } else {
-                        ""
-                    },
-                    locked_by.unwrap_or_default()
-                );
-                if failed {
-                    report.failed += 1;
+        let mut reaped = Vec::with_capacity(rows.len());
+        let mut events = Vec::with_capacity(rows.len());
+        for (id, attempts, locked_by, early, early_reason) in &rows {
+            let kept = early
+                .as_deref()
+                .map(|to| (to, early_reason.as_deref().unwrap_or_default()));
+            // Under at-most-once the abandoned attempt may have reached the provider.
+            let failed = at_most_once || i64::from(*attempts) >= i64::from(max_attempts);
+            let last_error = format!(
+                "{}lease of {} expired during attempt {attempts}",
+                if at_most_once {
+                    "outcome unknown: "
                 } else {
+                    ""
+                },
+                locked_by.as_deref().unwrap_or_default()
+            );
+            let status = match kept_status(kept) {
+                Some(reported) => {
+                    report.reported += 1;
+                    reported
+                }
+                None if failed => {
+                    report.failed += 1;
+                    "failed"
+                }
+                None => {
                     report.requeued += 1;
+                    "pending"
                 }
-                ReapRow {
-                    id,
-                    attempt: i64::from(attempts),
-                    status: if failed { "failed" } else { "pending" },
-                    reason: if at_most_once {
-                        format!("{last_error}; not sent again (dispatch.guarantee = at-most-once)")
-                    } else if failed {
-                        format!("attempts exhausted: {last_error}")
-                    } else {
-                        last_error.clone()
-                    },
-                    last_error,
-                }
-            })
-            .collect();
+            };
+            let reason = reap_reason(at_most_once, failed, &last_error);
+            events.extend(reap_events(*id, status, reason, &last_error, kept));
+            reaped.push(ReapRow {
+                id: *id,
+                attempt: i64::from(*attempts),
+                status,
+                last_error,
+            });
+        }
         if !reaped.is_empty() {
             let json = to_json(&reaped)?;
-            for statement in [REAP_ATTEMPTS, REAP, REAP_EVENTS] {
+            for statement in [REAP_ATTEMPTS, REAP] {
                 sqlx::query(statement).bind(&json).execute(&mut *tx).await?;
             }
+            sqlx::query(RECORD_EVENTS)
+                .bind(to_json(&events)?)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(report)

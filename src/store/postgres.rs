@@ -251,8 +251,12 @@ WHERE sms.id = i.id AND sms.status = 'sending'
 // Expired leases: the instance crashed or hung. Its open attempt is marked
 // `abandoned`: it may have reached the provider, so under at-most-once ($3)
 // the row fails with `outcome unknown` instead of going back to `pending`.
+// A delivery report kept on the row (migration 0010) shows the provider has
+// it: the row takes the report's final status, with the events
+// `sending -> sent -> final`, and is neither sent again nor failed.
 // $1 = max attempts, $2 = limit, $3 = at-most-once.
-const REAP: &str = "
+const REAP: &str = concat!(
+    "
 WITH expired AS (
     SELECT id, locked_by FROM sms
     WHERE status = 'sending' AND lease_expires_at < now()
@@ -262,16 +266,19 @@ WITH expired AS (
 ),
 reaped AS (
     UPDATE sms SET
-        status = CASE WHEN $3 OR sms.attempts >= $1 THEN 'failed' ELSE 'pending' END,
+        status = CASE WHEN sms.early_report IS NOT NULL THEN sms.early_report
+                      WHEN $3 OR sms.attempts >= $1 THEN 'failed' ELSE 'pending' END,
         last_error = CASE WHEN $3 THEN 'outcome unknown: ' ELSE '' END
                      || 'lease of ' || expired.locked_by || ' expired during attempt ' || sms.attempts,
         next_attempt_at = now(),
+        sent_at = CASE WHEN sms.early_report IS NOT NULL THEN now() ELSE sms.sent_at END,
+        delivered_at = CASE WHEN sms.early_report = 'delivered' THEN now() ELSE sms.delivered_at END,
         locked_by = NULL,
         lease_expires_at = NULL,
         updated_at = now()
     FROM expired
     WHERE sms.id = expired.id
-    RETURNING sms.id, sms.attempts, sms.status, sms.last_error
+    RETURNING sms.id, sms.attempts, sms.status, sms.last_error, sms.early_report_reason
 ),
 attempt AS (
     UPDATE sms_attempt a SET
@@ -283,13 +290,27 @@ attempt AS (
 ),
 event AS (
     INSERT INTO sms_event (sms_id, from_status, to_status, reason)
-    SELECT id, 'sending', status,
-           CASE WHEN $3 THEN last_error || '; not sent again (dispatch.guarantee = at-most-once)'
-                WHEN status = 'failed' THEN 'attempts exhausted: ' || last_error
-                ELSE last_error END
-    FROM reaped
+    SELECT id, from_status, to_status, reason FROM (
+        SELECT id, 1 AS step, 'sending' AS from_status,
+               CASE WHEN status IN ('pending', 'failed') THEN status ELSE 'sent' END AS to_status,
+               CASE WHEN status NOT IN ('pending', 'failed') THEN '",
+    taken_as_sent!(),
+    "' || last_error
+                    WHEN $3 THEN last_error || '; not sent again (dispatch.guarantee = at-most-once)'
+                    WHEN status = 'failed' THEN 'attempts exhausted: ' || last_error
+                    ELSE last_error END AS reason
+        FROM reaped
+        UNION ALL
+        SELECT id, 2, 'sent', status, early_report_reason || '",
+    reported_early!(),
+    "'
+        FROM reaped WHERE status NOT IN ('pending', 'failed')
+    ) AS steps
+    ORDER BY id, step
 )
-SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed') FROM reaped";
+SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed'),
+       count(*) FILTER (WHERE status NOT IN ('pending', 'failed')) FROM reaped"
+);
 
 /// One retention batch: finished rows last changed before now() - $1 ms,
 /// oldest first, at most $2, with their attempts and events. The scan walks
@@ -523,7 +544,7 @@ impl Leases for PgStore {
                     ..ReapReport::default()
                 });
             }
-            let (requeued, failed): (i64, i64) = sqlx::query_as(REAP)
+            let (requeued, failed, reported): (i64, i64, i64) = sqlx::query_as(REAP)
                 .bind(i64::from(max_attempts))
                 .bind(i64::from(limit))
                 .bind(guarantee == Guarantee::AtMostOnce)
@@ -533,6 +554,7 @@ impl Leases for PgStore {
             Ok(ReapReport {
                 requeued: u64::try_from(requeued).unwrap_or(0),
                 failed: u64::try_from(failed).unwrap_or(0),
+                reported: u64::try_from(reported).unwrap_or(0),
                 skipped: false,
             })
         })

@@ -34,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 use super::backend::{Backend, DirectorySql};
 use super::batch::{
     AttemptRef, EXPIRE_BATCH, OutcomeRow, ReportTarget, apply_report, first_per_id, millis,
-    outcome_events, parse_status, record_report, report_target, sweep_expired, to_json,
+    outcome_events, parse_status, reap_events, reap_reason, record_report, report_target,
+    sweep_expired, to_json,
 };
 use super::deadline;
 use super::query::{Arg, Style};
@@ -237,7 +238,7 @@ FROM (SELECT value ->> '$.id' AS id, value ->> '$.attempt' AS attempt,
       FROM json_each(?1)) AS i
 WHERE sms_attempt.sms_id = i.id AND sms_attempt.attempt = i.attempt";
 
-// ?1 = JSON [batch::EventRow], inserted in array order; ?2 = now.
+// ?1 = JSON [batch::EventRow], inserted in array order (the reaper's too); ?2 = now.
 const RECORD_EVENTS: &str = "
 INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
 SELECT value ->> '$.id', value ->> '$.from_status', value ->> '$.to_status', value ->> '$.reason', ?2
@@ -278,14 +279,18 @@ WHERE sms.id = i.id AND sms.status = 'sending'
 
 // Expired leases: the instance crashed or hung. SET expressions read the row
 // as it was before the update, so `last_error` still sees `locked_by`.
-// Under at-most-once (?4 = 1) the row fails with `outcome unknown`.
+// Under at-most-once (?4 = 1) the row fails with `outcome unknown`. A row
+// with a delivery report kept (migration 0010) takes the report's final status.
 // ?1 = now, ?2 = max attempts, ?3 = limit, ?4 = at-most-once.
 const REAP: &str = "
 UPDATE sms SET
-    status = CASE WHEN ?4 OR attempts >= ?2 THEN 'failed' ELSE 'pending' END,
+    status = CASE WHEN early_report IS NOT NULL THEN early_report
+                  WHEN ?4 OR attempts >= ?2 THEN 'failed' ELSE 'pending' END,
     last_error = CASE WHEN ?4 THEN 'outcome unknown: ' ELSE '' END
                  || 'lease of ' || locked_by || ' expired during attempt ' || attempts,
     next_attempt_at = ?1,
+    sent_at = CASE WHEN early_report IS NOT NULL THEN ?1 ELSE sent_at END,
+    delivered_at = CASE WHEN early_report = 'delivered' THEN ?1 ELSE delivered_at END,
     locked_by = NULL,
     lease_expires_at = NULL,
     updated_at = ?1
@@ -294,7 +299,7 @@ WHERE id IN (
     WHERE status = 'sending' AND lease_expires_at < ?1
     ORDER BY lease_expires_at
     LIMIT ?3)
-RETURNING id, attempts, status, last_error";
+RETURNING id, attempts, status, last_error, early_report, early_report_reason";
 
 // The open attempt is marked `abandoned` (it may have reached the provider:
 // at-least-once). ?1 = JSON [{id, attempt}], ?2 = now.
@@ -305,14 +310,6 @@ UPDATE sms_attempt SET
     error = 'lease expired before an outcome was recorded'
 WHERE (sms_id, attempt) IN (SELECT value ->> '$.id', value ->> '$.attempt' FROM json_each(?1))";
 
-// ?1 = JSON array of ids, ?2 = now, ?3 = at-most-once.
-const REAP_EVENTS: &str = "
-INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
-SELECT id, 'sending', status,
-       CASE WHEN ?3 THEN last_error || '; not sent again (dispatch.guarantee = at-most-once)'
-            WHEN status = 'failed' THEN 'attempts exhausted: ' || last_error
-            ELSE last_error END, ?2
-FROM sms WHERE id IN (SELECT value FROM json_each(?1))";
 
 // One retention batch: finished rows last changed before ?1 (epoch ms),
 // oldest first, at most ?2. Walks the partial index sms_finished_idx
@@ -657,20 +654,31 @@ impl Leases for SqliteStore {
                 .await?;
             let mut report = ReapReport::default();
             let mut reaped = Vec::with_capacity(rows.len());
-            let mut ids = Vec::with_capacity(rows.len());
+            let mut read = Vec::with_capacity(rows.len());
             for row in &rows {
                 let id: i64 = row.try_get("id")?;
                 let status: String = row.try_get("status")?;
-                match parse_status(id, &status)? {
+                let last_error: String = row.try_get("last_error")?;
+                let early: Option<String> = row.try_get("early_report")?;
+                let early_reason: Option<String> = row.try_get("early_report_reason")?;
+                let parsed = parse_status(id, &status)?;
+                match parsed {
                     Status::Failed => report.failed += 1,
-                    _ => report.requeued += 1,
+                    Status::Pending => report.requeued += 1,
+                    _ => report.reported += 1,
                 }
                 reaped.push(AttemptRef {
                     id,
                     attempt: row.try_get("attempts")?,
                     send_key: None,
                 });
-                ids.push(id);
+                read.push((id, parsed, last_error, early.zip(early_reason)));
+            }
+            let mut events = Vec::with_capacity(read.len());
+            for (id, status, last_error, kept) in &read {
+                let kept = kept.as_ref().map(|(to, why)| (to.as_str(), why.as_str()));
+                let reason = reap_reason(at_most_once, *status == Status::Failed, last_error);
+                events.extend(reap_events(*id, status.as_str(), reason, last_error, kept));
             }
             if !reaped.is_empty() {
                 sqlx::query(REAP_ATTEMPTS)
@@ -678,10 +686,9 @@ impl Leases for SqliteStore {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(REAP_EVENTS)
-                    .bind(to_json(&ids)?)
+                sqlx::query(RECORD_EVENTS)
+                    .bind(to_json(&events)?)
                     .bind(now)
-                    .bind(at_most_once)
                     .execute(&mut *tx)
                     .await?;
             }

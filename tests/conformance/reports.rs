@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use smsrelay::domain::NextState;
+use smsrelay::domain::outcome::Guarantee;
 use smsrelay::domain::report::{DeliveryReport, ReportApplied, ReportOutcome};
 
 use crate::backends::TestStore;
@@ -17,6 +18,7 @@ conformance!(
     an_early_undelivered_report_wins_over_a_later_contrary_one,
     an_early_report_outweighs_an_outcome_that_was_not_accepted,
     a_stale_outcome_does_not_consume_an_early_report,
+    a_kept_report_settles_a_message_whose_lease_expired,
     a_report_for_an_unknown_message_or_attempt_changes_nothing,
     overdue_reports_count_sent_messages_past_the_window,
 );
@@ -271,6 +273,63 @@ async fn a_stale_outcome_does_not_consume_an_early_report(db: TestStore) {
         .await
         .unwrap();
     assert_eq!(db.status(id).await, "delivered");
+}
+
+async fn a_kept_report_settles_a_message_whose_lease_expired(db: TestStore) {
+    // The dispatcher died after the provider took the message and reported
+    // on it: the reaper neither sends it again nor fails it as unknown.
+    for guarantee in [Guarantee::AtLeastOnce, Guarantee::AtMostOnce] {
+        let id = db.insert(1, "+254712345678", "hello").await;
+        let claim = db
+            .store
+            .claim("crashed-node", 100, Duration::from_millis(1))
+            .await
+            .unwrap();
+        assert!(ids(&claim).contains(&id));
+        let early = db
+            .store
+            .apply_delivery_report(&report(id, 1, ReportOutcome::Delivered))
+            .await
+            .unwrap();
+        assert_eq!(early, ReportApplied::Early);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let reaped = db
+            .store
+            .reap_expired_leases(8, guarantee, 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            (reaped.requeued, reaped.failed, reaped.reported),
+            (0, 0, 1),
+            "{guarantee:?}"
+        );
+        let sms = db.store.get(id).await.unwrap().unwrap();
+        assert_eq!(sms.status.as_str(), "delivered", "{guarantee:?}");
+        assert!(sms.sent_at.is_some() && sms.delivered_at.is_some());
+        assert_eq!((sms.locked_by, sms.lease_expires_at), (None, None));
+        let history = db.transitions(id).await;
+        assert_eq!(
+            moves(&db, id).await,
+            pairs(&[
+                ("pending", "sending"),
+                ("sending", "sent"),
+                ("sent", "delivered")
+            ]),
+            "{history:?}"
+        );
+        assert!(
+            history[1].2.contains("lease of crashed-node expired during attempt 1"),
+            "{history:?}"
+        );
+        let attempts = db.store.attempts(id).await.unwrap();
+        assert_eq!(attempts[0].outcome.as_deref(), Some("abandoned"));
+        let again = db
+            .store
+            .claim("node-b", 100, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(!ids(&again).contains(&id), "sent again after its report");
+    }
 }
 
 async fn overdue_reports_count_sent_messages_past_the_window(db: TestStore) {
