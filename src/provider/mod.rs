@@ -507,6 +507,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_sections_asking_for_reports_are_reporting() {
+        let mut settings = ProviderSettings::default();
+        assert!(settings.reporting().is_empty(), "log sends no reports");
+        settings.kind = ProviderKind::Webhook;
+        assert!(settings.reporting().is_empty(), "the webhook has no callback");
+        settings.kind = ProviderKind::Kannel;
+        settings.kannel = Some(kannel::KannelSettings::default());
+        assert!(settings.reporting().is_empty(), "no dlr_url_base, no reports");
+        settings.kannel = Some(kannel::KannelSettings {
+            dlr_url_base: Some("https://sms.example.com".into()),
+            ..kannel::KannelSettings::default()
+        });
+        assert_eq!(settings.reporting(), ["kannel"]);
+    }
+
+    #[test]
     fn the_chosen_provider_is_built_and_named_after_its_section() {
         let settings = ProviderSettings::default();
         settings.validate().unwrap();

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use smsrelay::domain::NextState;
 use smsrelay::domain::outcome::Guarantee;
+use smsrelay::housekeeping::{OverdueSettings, refresh_overdue};
 use smsrelay::domain::report::{DeliveryReport, ReportApplied, ReportOutcome};
 
 use crate::backends::TestStore;
@@ -349,6 +350,17 @@ async fn overdue_reports_count_sent_messages_past_the_window(db: TestStore) {
     let window = Duration::from_secs(1);
     assert_eq!(db.store.overdue_reports(&reporting, window).await.unwrap(), 1);
     assert_eq!(db.store.overdue_reports(&[], window).await.unwrap(), 0);
+    // What the housekeeping job sets the gauge to; nothing with the window off.
+    let settings = OverdueSettings {
+        providers: reporting.to_vec(),
+        window,
+    };
+    assert_eq!(refresh_overdue(&*db.store, &settings).await.unwrap(), 1);
+    let off = OverdueSettings {
+        window: Duration::ZERO,
+        ..settings
+    };
+    assert_eq!(refresh_overdue(&*db.store, &off).await.unwrap(), 0);
     // Once its report is in, it is no longer overdue.
     db.store
         .apply_delivery_report(&report(overdue, 1, ReportOutcome::Delivered))
