@@ -63,6 +63,11 @@ BEGIN
     END;
 END;
 
--- smsrelay_reports_overdue counts `sent` rows older than [provider]
--- report_window: partial, so delivered and failed rows cost nothing.
-CREATE INDEX sms_sent_idx ON sms (sent_at) WHERE status = 'sent';
+-- smsrelay_reports_overdue counts `sent` rows of providers that send
+-- reports, older than [provider] report_window. The provider of the last
+-- recorded outcome is kept on the row (attempts have it too, but a join
+-- would read every attempt of the history), so the count is a range scan
+-- of this partial index per provider that reads only the overdue rows.
+-- Rows sent before this migration have no provider and are not counted.
+ALTER TABLE sms ADD COLUMN provider TEXT;
+CREATE INDEX sms_sent_idx ON sms (provider, sent_at) WHERE status = 'sent';

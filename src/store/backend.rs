@@ -385,9 +385,9 @@ pub(super) async fn attempt_by_provider_message_id<B: Backend>(
 /// however many are overdue, and the gauge says "at least" beyond it.
 pub const OVERDUE_CAP: u32 = 100_000;
 
-/// [`super::Reports::overdue_reports`] for any dialect. Walks the partial
-/// index of `sent` rows (`sms_sent_idx`, migration 0010) from the oldest
-/// and joins each row's last attempt for its provider.
+/// [`super::Reports::overdue_reports`] for any dialect: one range of the
+/// index of `sent` rows (`sms_sent_idx`, migration 0010) per provider, from
+/// the oldest, so it reads the overdue rows and no others.
 pub(super) async fn overdue_reports<B: Backend>(
     backend: &B,
     providers: &[String],
@@ -401,8 +401,7 @@ pub(super) async fn overdue_reports<B: Backend>(
     let sql = format!(
         "SELECT count(*) AS n FROM (\
          SELECT 1 AS one FROM sms s \
-         JOIN sms_attempt a ON a.sms_id = s.id AND a.attempt = s.attempts \
-         WHERE s.status = 'sent' AND {} AND a.provider IN ({}) \
+         WHERE s.status = 'sent' AND {} AND s.provider IN ({}) \
          LIMIT {OVERDUE_CAP}) AS overdue",
         B::SENT_BEFORE_WINDOW,
         names.join(", ")

@@ -474,9 +474,10 @@ pub trait Reports: Send + Sync + 'static {
         provider_message_id: &str,
     ) -> Result<Option<(i64, u32)>, StoreError>;
 
-    /// How many messages are `sent` through one of `providers` (by their
-    /// last attempt) for longer than `window` without a report, by the
-    /// database's clock; at most [`OVERDUE_CAP`]. 0 without providers.
+    /// How many messages are `sent` through one of `providers` (the one
+    /// that accepted them, kept on the row since migration 0010) for longer
+    /// than `window` without a report, by the database's clock; at most
+    /// [`OVERDUE_CAP`]. 0 without providers.
     async fn overdue_reports(
         &self,
         providers: &[String],

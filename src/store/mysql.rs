@@ -234,7 +234,8 @@ UPDATE sms s JOIN JSON_TABLE(?, '$[*]' COLUMNS (
         id BIGINT PATH '$.id', attempt INT PATH '$.attempt',
         next_status VARCHAR(16) PATH '$.next_status', retry_ms BIGINT PATH '$.retry_ms',
         provider_message_id VARCHAR(255) PATH '$.provider_message_id',
-        error TEXT PATH '$.error', segments INT PATH '$.segments')) AS i
+        error TEXT PATH '$.error', segments INT PATH '$.segments',
+        provider VARCHAR(255) PATH '$.provider')) AS i
     ON s.id = i.id
 SET s.status = i.next_status,
     s.locked_by = NULL,
@@ -248,6 +249,7 @@ SET s.status = i.next_status,
     s.provider_message_id = COALESCE(i.provider_message_id, s.provider_message_id),
     s.last_error = COALESCE(i.error, s.last_error),
     s.segments = COALESCE(i.segments, s.segments),
+    s.provider = COALESCE(i.provider, s.provider),
     s.updated_at = UTC_TIMESTAMP(6)
 WHERE s.status = 'sending' AND s.attempts = i.attempt AND s.locked_by = ?";
 

@@ -169,6 +169,7 @@ updated AS (
         provider_message_id = COALESCE(input.provider_message_id, sms.provider_message_id),
         last_error = COALESCE(input.error, sms.last_error),
         segments = COALESCE(input.segments, sms.segments),
+        provider = COALESCE(input.provider, sms.provider),
         updated_at = now()
     FROM input
     WHERE sms.id = input.id

@@ -210,11 +210,13 @@ UPDATE sms SET
     provider_message_id = COALESCE(i.provider_message_id, sms.provider_message_id),
     last_error = COALESCE(i.error, sms.last_error),
     segments = COALESCE(i.segments, sms.segments),
+    provider = COALESCE(i.provider, sms.provider),
     updated_at = ?3
 FROM (SELECT value ->> '$.id' AS id, value ->> '$.attempt' AS attempt,
              value ->> '$.next_status' AS next_status, value ->> '$.retry_ms' AS retry_ms,
              value ->> '$.provider_message_id' AS provider_message_id,
-             value ->> '$.error' AS error, value ->> '$.segments' AS segments
+             value ->> '$.error' AS error, value ->> '$.segments' AS segments,
+             value ->> '$.provider' AS provider
       FROM json_each(?1)) AS i
 WHERE sms.id = i.id
   AND sms.status = 'sending'
