@@ -114,8 +114,7 @@ pub async fn reap_once(
         total.failed += pass.failed;
         total.reported += pass.reported;
         total.skipped |= pass.skipped;
-        if pass.skipped || pass.requeued + pass.failed + pass.reported < u64::from(settings.batch)
-        {
+        if pass.skipped || pass.requeued + pass.failed + pass.reported < u64::from(settings.batch) {
             break;
         }
     }

@@ -511,10 +511,16 @@ mod tests {
         let mut settings = ProviderSettings::default();
         assert!(settings.reporting().is_empty(), "log sends no reports");
         settings.kind = ProviderKind::Webhook;
-        assert!(settings.reporting().is_empty(), "the webhook has no callback");
+        assert!(
+            settings.reporting().is_empty(),
+            "the webhook has no callback"
+        );
         settings.kind = ProviderKind::Kannel;
         settings.kannel = Some(kannel::KannelSettings::default());
-        assert!(settings.reporting().is_empty(), "no dlr_url_base, no reports");
+        assert!(
+            settings.reporting().is_empty(),
+            "no dlr_url_base, no reports"
+        );
         settings.kannel = Some(kannel::KannelSettings {
             dlr_url_base: Some("https://sms.example.com".into()),
             ..kannel::KannelSettings::default()

@@ -350,7 +350,6 @@ SET a.finished_at = UTC_TIMESTAMP(6),
     a.outcome = 'abandoned',
     a.error = 'lease expired before an outcome was recorded'";
 
-
 // --- retention -------------------------------------------------------------
 
 const RETENTION_LOCK: &str =
@@ -431,7 +430,14 @@ fn bind<'q>(
 type LockedForReap = (i64, i32, Option<String>, Option<String>, Option<String>);
 
 /// A row locked for outcomes: id, status, attempts, owner, kept report and its reason.
-type LockedForOutcome = (i64, String, i32, Option<String>, Option<String>, Option<String>);
+type LockedForOutcome = (
+    i64,
+    String,
+    i32,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 /// The status a kept report moves its row to (a `'static` name for the JSON).
 fn kept_status(kept: Option<(&str, &str)>) -> Option<&'static str> {
@@ -778,7 +784,8 @@ impl Queue for MySqlStore {
                     .map(OutcomeRow::new)
                     .collect();
                 if !applied.is_empty() {
-                    let events = to_json(&outcome_events(&applied.iter().collect::<Vec<_>>(), kept))?;
+                    let events =
+                        to_json(&outcome_events(&applied.iter().collect::<Vec<_>>(), kept))?;
                     // The kept report decides the status (the events above say why).
                     let moved: Vec<OutcomeRow> = applied
                         .iter()

@@ -312,7 +312,6 @@ UPDATE sms_attempt SET
     error = 'lease expired before an outcome was recorded'
 WHERE (sms_id, attempt) IN (SELECT value ->> '$.id', value ->> '$.attempt' FROM json_each(?1))";
 
-
 // One retention batch: finished rows last changed before ?1 (epoch ms),
 // oldest first, at most ?2. Walks the partial index sms_finished_idx
 // (migration 0009), named with INDEXED BY: without statistics the planner

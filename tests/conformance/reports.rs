@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use smsrelay::domain::NextState;
 use smsrelay::domain::outcome::Guarantee;
-use smsrelay::housekeeping::{OverdueSettings, refresh_overdue};
 use smsrelay::domain::report::{DeliveryReport, ReportApplied, ReportOutcome};
+use smsrelay::housekeeping::{OverdueSettings, refresh_overdue};
 
 use crate::backends::TestStore;
 use crate::{ids, outcome};
@@ -175,7 +175,9 @@ async fn an_early_report_is_kept_and_applied_with_the_accepted_outcome(db: TestS
     );
     assert_eq!(history[1].2, "accepted by provider test");
     assert!(
-        history[2].2.starts_with("provider status DELIVRD, error 000"),
+        history[2]
+            .2
+            .starts_with("provider status DELIVRD, error 000"),
         "{history:?}"
     );
     let attempts = db.store.attempts(id).await.unwrap();
@@ -319,7 +321,9 @@ async fn a_kept_report_settles_a_message_whose_lease_expired(db: TestStore) {
             "{history:?}"
         );
         assert!(
-            history[1].2.contains("lease of crashed-node expired during attempt 1"),
+            history[1]
+                .2
+                .contains("lease of crashed-node expired during attempt 1"),
             "{history:?}"
         );
         let attempts = db.store.attempts(id).await.unwrap();
@@ -348,7 +352,10 @@ async fn overdue_reports_count_sent_messages_past_the_window(db: TestStore) {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let recent = sent(&db).await;
     let window = Duration::from_secs(1);
-    assert_eq!(db.store.overdue_reports(&reporting, window).await.unwrap(), 1);
+    assert_eq!(
+        db.store.overdue_reports(&reporting, window).await.unwrap(),
+        1
+    );
     assert_eq!(db.store.overdue_reports(&[], window).await.unwrap(), 0);
     // What the housekeeping job sets the gauge to; nothing with the window off.
     let settings = OverdueSettings {
@@ -366,7 +373,10 @@ async fn overdue_reports_count_sent_messages_past_the_window(db: TestStore) {
         .apply_delivery_report(&report(overdue, 1, ReportOutcome::Delivered))
         .await
         .unwrap();
-    assert_eq!(db.store.overdue_reports(&reporting, window).await.unwrap(), 0);
+    assert_eq!(
+        db.store.overdue_reports(&reporting, window).await.unwrap(),
+        0
+    );
     assert_eq!(db.status(recent).await, "sent");
 }
 

@@ -600,7 +600,11 @@ async fn a_report_that_beats_the_send_outcome_is_kept_and_applied() {
 
     let id = db.insert(1, "+254712345678", "early report").await;
     let asked = eventually(Duration::from_secs(10), || async {
-        !smsbox.received_requests().await.unwrap_or_default().is_empty()
+        !smsbox
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty()
     })
     .await;
     assert!(asked, "smsbox never asked");
@@ -609,10 +613,21 @@ async fn a_report_that_beats_the_send_outcome_is_kept_and_applied() {
     assert_eq!(db.status(id).await, "sending");
     let http = reqwest::Client::new();
     let answer = http.get(&dlr_url).send().await.unwrap();
-    assert_eq!(answer.status().as_u16(), 200, "kept, so Kannel need not retry");
-    assert_eq!(db.status(id).await, "sending", "applied only with the outcome");
+    assert_eq!(
+        answer.status().as_u16(),
+        200,
+        "kept, so Kannel need not retry"
+    );
+    assert_eq!(
+        db.status(id).await,
+        "sending",
+        "applied only with the outcome"
+    );
     // Kannel retries it anyway: still 200, nothing more happens.
-    assert_eq!(http.get(&dlr_url).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        http.get(&dlr_url).send().await.unwrap().status().as_u16(),
+        200
+    );
 
     let delivered = eventually(Duration::from_secs(10), || async {
         db.status(id).await == "delivered"
@@ -635,10 +650,16 @@ async fn a_report_that_beats_the_send_outcome_is_kept_and_applied() {
 
     // After the fact: a duplicate changes nothing; one for a message we never
     // had is answered 200 so that Kannel stops, and changes nothing.
-    assert_eq!(http.get(&dlr_url).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        http.get(&dlr_url).send().await.unwrap().status().as_u16(),
+        200
+    );
     let unknown = dlr_url.replace(&format!("sms_id={id}"), "sms_id=999999");
     assert_ne!(unknown, dlr_url);
-    assert_eq!(http.get(&unknown).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        http.get(&unknown).send().await.unwrap().status().as_u16(),
+        200
+    );
     assert_eq!(db.transitions(id).await.len(), 3);
     assert_eq!(db.count("delivered").await, 1);
     stop.cancel();
