@@ -20,6 +20,7 @@ conformance!(
     an_early_report_outweighs_an_outcome_that_was_not_accepted,
     a_stale_outcome_does_not_consume_an_early_report,
     a_kept_report_settles_a_message_whose_lease_expired,
+    reports_racing_the_outcomes_all_end_delivered,
     a_report_for_an_unknown_message_or_attempt_changes_nothing,
     overdue_reports_count_sent_messages_past_the_window,
 );
@@ -334,6 +335,71 @@ async fn a_kept_report_settles_a_message_whose_lease_expired(db: TestStore) {
             .await
             .unwrap();
         assert!(!ids(&again).contains(&id), "sent again after its report");
+    }
+}
+
+async fn reports_racing_the_outcomes_all_end_delivered(db: TestStore) {
+    // Reports through another pool (the API's) while the dispatcher records
+    // the outcomes in small batches: whichever commits first, each message
+    // ends `delivered` once, with the three events in order.
+    const ROWS: usize = 60;
+    let mut rows = Vec::new();
+    for i in 0..ROWS {
+        rows.push(db.insert(i as i64 + 1, "+254712345678", "hello").await);
+    }
+    let claim = db
+        .store
+        .claim("node-a", ROWS as u32, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claim.messages.len(), ROWS);
+    // Reports from the last row back, outcomes from the first on: they meet
+    // in the middle, where each row is raced for.
+    let api = db.another_store();
+    let reported: Vec<i64> = rows.iter().rev().copied().collect();
+    let (first, started) = tokio::sync::oneshot::channel();
+    let reports = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        let mut first = Some(first);
+        for id in reported {
+            let applied = api
+                .apply_delivery_report(&report(id, 1, ReportOutcome::Delivered))
+                .await
+                .unwrap();
+            answers.push(applied);
+            if let Some(first) = first.take() {
+                let _ = first.send(());
+            }
+        }
+        answers
+    });
+    started.await.unwrap();
+    for chunk in rows.chunks(5) {
+        let outcomes: Vec<_> = chunk
+            .iter()
+            .map(|id| outcome(*id, 1, NextState::Sent))
+            .collect();
+        let recorded = db.store.record_outcomes("node-a", &outcomes).await.unwrap();
+        assert_eq!(recorded.applied, chunk.len() as u64);
+        tokio::task::yield_now().await;
+    }
+    let answers = reports.await.unwrap();
+    let early = answers
+        .iter()
+        .filter(|a| **a == ReportApplied::Early)
+        .count();
+    eprintln!("{early} of {ROWS} reports came before their outcome");
+    for id in rows {
+        assert_eq!(db.status(id).await, "delivered", "sms {id}");
+        assert_eq!(
+            moves(&db, id).await,
+            pairs(&[
+                ("pending", "sending"),
+                ("sending", "sent"),
+                ("sent", "delivered")
+            ]),
+            "sms {id}"
+        );
     }
 }
 
