@@ -4,7 +4,8 @@
 //! [`Schema`], [`Reports`] (providers' delivery reports), [`OptOuts`]
 //! (unsubscribed recipients) and [`Retention`] (deleting old finished messages). What is the same on every database is
 //! written once: `query.rs` builds the list queries, `rows.rs` maps rows,
-//! `batch.rs` carries batches as one JSON parameter, and `backend.rs`
+//! `batch.rs` carries batches as one JSON parameter, `reports.rs` holds what
+//! a delivery report does (also one kept until its send's outcome), and `backend.rs`
 //! implements `Messages`, `Directory`, `Schema` and `OptOuts` for any dialect
 //! from a few primitives. Each dialect file (`postgres.rs`, `mysql.rs`, `sqlite.rs`)
 //! keeps only its SQL, its binding, its `Queue` and `Leases`, with a header saying where
@@ -18,6 +19,7 @@ mod layered;
 pub mod mysql;
 pub mod postgres;
 mod query;
+mod reports;
 mod rows;
 mod session;
 pub mod settings;

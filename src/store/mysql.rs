@@ -33,11 +33,12 @@ use sqlx::{AssertSqlSafe, Connection, Executor};
 
 use super::backend::{Backend, DirectorySql, insert_args};
 use super::batch::{
-    AttemptRef, EXPIRE_BATCH, OutcomeRow, ReportTarget, apply_report, first_per_id, micros,
-    outcome_events, reap_events, reap_reason, record_report, report_target, sweep_expired, to_json,
+    AttemptRef, EXPIRE_BATCH, OutcomeRow, first_per_id, micros, reap_reason, record_report,
+    sweep_expired, to_json,
 };
 use super::deadline;
 use super::query::{Arg, Style};
+use super::reports::{ReportTarget, apply_report, outcome_events, reap_events, report_target};
 use super::rows::ClaimedRows;
 use super::session;
 use super::{

@@ -20,11 +20,11 @@ use sqlx::{AssertSqlSafe, Connection, Postgres};
 
 use super::backend::{Backend, DirectorySql};
 use super::batch::{
-    AttemptRef, EXPIRE_BATCH, OutcomeRow, ReportTarget, apply_report, millis, record_report,
-    report_target, reported_early, sweep_expired, taken_as_sent, to_json,
+    AttemptRef, EXPIRE_BATCH, OutcomeRow, millis, record_report, sweep_expired, to_json,
 };
 use super::deadline;
 use super::query::{Arg, Style};
+use super::reports::{ReportTarget, apply_report, report_target, reported_early, taken_as_sent};
 use super::rows::ClaimedRows;
 use super::session;
 use super::{
