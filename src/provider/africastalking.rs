@@ -105,6 +105,11 @@ impl ProviderSection for AfricasTalkingSettings {
         )?))
     }
 
+    /// Reports are asked for when their callback is configured.
+    fn sends_reports(&self) -> bool {
+        self.callback_secret.is_some() || self.callback_secret_credential.is_some()
+    }
+
     fn limits(&self) -> SendLimits {
         SendLimits {
             rate_limit: self.rate_limit,
@@ -397,8 +402,11 @@ pub fn report_outcome(status: &str) -> Option<ReportOutcome> {
 }
 
 /// One delivery report. 403 without the secret; 400 without `id` and
-/// `status`; 503 while the message is not recorded `sent` yet or the database
-/// is down; 200 otherwise, unknown messages included.
+/// `status`; 503 while the database is down; 200 otherwise, unknown messages
+/// included. Only Africa's Talking's id names the message, and it is stored
+/// with the send's outcome: a report that comes before that cannot be matched
+/// and is answered as unknown (nothing changes; the message stays `sent` and
+/// `smsrelay_reports_overdue` counts it once `[provider] report_window` passes).
 async fn report(
     axum::extract::State(state): axum::extract::State<ReportState>,
     axum::extract::Query(query): axum::extract::Query<SecretQuery>,

@@ -99,6 +99,11 @@ impl ProviderSection for InfobipSettings {
         Ok(Arc::new(InfobipProvider::from_settings(self, instance)?))
     }
 
+    /// Reports are asked for when their callback is configured.
+    fn sends_reports(&self) -> bool {
+        self.notify_url.is_some()
+    }
+
     fn limits(&self) -> SendLimits {
         SendLimits {
             rate_limit: self.rate_limit,
@@ -520,9 +525,9 @@ fn report_reason(provider: &str, status: &StatusObject, error: Option<&ErrorObje
 }
 
 /// One POST of reports. 403 without the secret; 400 for a body that is not
-/// Infobip's JSON; 503 when one report's message has no send outcome
-/// recorded yet or the database is down (Infobip retries); 200 otherwise,
-/// results for unknown messages included.
+/// Infobip's JSON; 503 when the database is down (Infobip retries); 200
+/// otherwise, results for unknown messages included, and reports that came
+/// before their send's outcome (kept by the store until it is recorded).
 async fn reports(
     axum::extract::State(state): axum::extract::State<ReportState>,
     axum::extract::Query(query): axum::extract::Query<SecretQuery>,

@@ -16,7 +16,7 @@ use super::{
     SendOutcome, Unavailable,
 };
 use crate::config::{ConfigError, invalid};
-use crate::domain::report::{DeliveryReport, ReportApplied, ReportOutcome};
+use crate::domain::report::{DeliveryReport, ReportOutcome};
 use crate::domain::segments::{Encoding, count_segments};
 use crate::secrets::{Secret, resolve_secret};
 
@@ -93,6 +93,11 @@ impl ProviderSection for KannelSettings {
 
     fn build(&self, instance: &ProviderInstance) -> Result<Arc<dyn Provider>, ConfigError> {
         Ok(Arc::new(KannelProvider::from_settings(self, instance)?))
+    }
+
+    /// Reports are asked for when their callback is configured.
+    fn sends_reports(&self) -> bool {
+        self.dlr_url_base.is_some()
     }
 
     fn limits(&self) -> SendLimits {
@@ -270,9 +275,9 @@ fn report_outcome(kind: u32) -> Option<ReportOutcome> {
 }
 
 /// One delivery report. 403 without the secret; 400 for a malformed one;
-/// 503 while the message is not recorded `sent` yet or the database is down
-/// (Kannel retries with `http-request-retry`); 200 otherwise, also for an
-/// unknown message, so that Kannel stops retrying.
+/// 503 while the database is down (Kannel retries with `http-request-retry`);
+/// 200 once the report is committed: applied, or kept until the send's
+/// outcome is recorded, or for an unknown message, so that Kannel stops retrying.
 async fn report(
     axum::extract::State(state): axum::extract::State<ReportState>,
     axum::extract::Query(query): axum::extract::Query<ReportQuery>,
@@ -301,10 +306,6 @@ async fn report(
         reason: format!("{} delivery report type {kind}", state.provider),
     };
     match state.context.store.apply_delivery_report(&report).await {
-        Ok(ReportApplied::NotYetSent) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "send outcome not recorded yet; try again\n",
-        ),
         Ok(applied) => {
             tracing::info!(sms_id, attempt, kind, ?applied, "delivery report");
             (StatusCode::OK, "ok\n")
