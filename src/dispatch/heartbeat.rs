@@ -19,6 +19,8 @@ pub struct Heartbeat<'a> {
     stall_after: Duration,
     last_progress: Mutex<Instant>,
     last_ping: Mutex<Option<Instant>>,
+    /// A stall seen by [`Self::pulse`] was logged (until the next progress).
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Heartbeat<'a> {
@@ -29,6 +31,7 @@ impl<'a> Heartbeat<'a> {
             stall_after,
             last_progress: Mutex::new(Instant::now()),
             last_ping: Mutex::new(None),
+            warned: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -43,6 +46,8 @@ impl<'a> Heartbeat<'a> {
         if let Ok(mut last) = self.last_progress.lock() {
             *last = now;
         }
+        self.warned
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.ping_at_most_every(now, self.every / 2);
     }
 
@@ -71,6 +76,25 @@ impl<'a> Heartbeat<'a> {
         };
         self.progress();
         output
+    }
+
+    /// A periodic check from a loop that waits on many steps at once: while
+    /// `busy` (sends in flight), pings only as long as the last progress is
+    /// within the time a step may take; otherwise the loop is idle, which is
+    /// progress.
+    pub fn pulse(&self, busy: bool) {
+        if !busy {
+            return self.progress();
+        }
+        let since = self.since_progress();
+        if since <= self.stall_after {
+            self.ping_at_most_every(Instant::now(), self.every / 2);
+        } else if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::error!(
+                stalled_for = ?since,
+                "dispatcher made no progress for longer than a step may take; no longer feeding the watchdog"
+            );
+        }
     }
 
     /// Waits `wait` (or until `until` completes), reporting progress every
