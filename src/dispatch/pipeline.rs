@@ -122,7 +122,7 @@ async fn send_loop(
     let mut schedule = Schedule::new(mode);
     let mut ticks = tokio::time::interval(ctx.heartbeat.every());
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pass_on = |ended: Ended, report: &mut BatchReport| {
+    let pass_on = |ended: Ended, report: &mut BatchReport| {
         report.count(&ended);
         // The recorder outlives this loop; a send error means it is gone already.
         let _ = to_recorder.send(ended);
