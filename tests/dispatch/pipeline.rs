@@ -1,6 +1,6 @@
 //! The pipelined dispatcher: one slow provider answer holds up neither the
-//! other outcomes of its claim nor new claims, and the rows in hand stay
-//! within `concurrency + batch_size`.
+//! other outcomes of its claim nor new claims, and claims run ahead of the
+//! sends, with the rows in hand within `concurrency + batch_size`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -170,7 +170,7 @@ async fn the_rows_in_hand_stay_within_concurrency_plus_one_batch() {
     assert_eq!(received_ids(&provider).await.len(), 150, "each sent once");
     eprintln!("at most {most_in_hand} rows in hand");
     assert!(
-        (4..=8).contains(&most_in_hand),
-        "{most_in_hand} rows in hand: more than the 3 in flight were claimed ahead, never more than 3 + 5"
+        (6..=8).contains(&most_in_hand),
+        "{most_in_hand} rows in hand: more than one batch was claimed while sends were in flight, never more than 3 + 5"
     );
 }
