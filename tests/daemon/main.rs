@@ -825,8 +825,10 @@ async fn after_a_sigkill_another_instance_sends_again_within_lease_and_reaper_in
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_mid_burn_down_leaves_at_most_the_sends_in_flight_and_one_group_unrecorded() {
     const CONCURRENCY: usize = 4;
-    // A group holds what finished within a few milliseconds (at 4 sends per 20 ms, one or two).
-    const GROUP: usize = 16;
+    // The group being written plus what finished meanwhile: at 4 sends per
+    // 20 ms, one or two per millisecond-long write, about 30 when a loaded
+    // machine makes a write take 150 ms.
+    const GROUP: usize = 32;
     let db = TestDb::new().await;
     let provider = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::method("POST"))
