@@ -1,7 +1,8 @@
 //! The faulty provider: a loopback HTTP server speaking the webhook
-//! provider's protocol, answering each (message, attempt) as the seed says
-//! and recording every request it read.
+//! provider's protocol, answering the nth request it reads for each message
+//! as the seed says, and recording every request it read.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use crate::seeded::{Behaviour, behaviour};
 /// A running faulty provider.
 pub struct FaultyProvider {
     pub port: u16,
-    log: Arc<Mutex<Vec<ProviderRequest>>>,
+    log: Arc<Mutex<Log>>,
     stop: CancellationToken,
 }
 
@@ -27,7 +28,7 @@ impl FaultyProvider {
             .await
             .context("faulty provider: bind 127.0.0.1")?;
         let port = listener.local_addr()?.port();
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(Log::default()));
         let stop = CancellationToken::new();
         let server = Server {
             seed,
@@ -58,7 +59,11 @@ impl FaultyProvider {
 
     /// Every request read so far.
     pub fn requests(&self) -> Vec<ProviderRequest> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .requests
+            .clone()
     }
 }
 
@@ -68,11 +73,37 @@ impl Drop for FaultyProvider {
     }
 }
 
+/// Every request read, and how many each message has had (its next draw).
+#[derive(Default)]
+struct Log {
+    requests: Vec<ProviderRequest>,
+    seen: HashMap<i64, u32>,
+}
+
+impl Log {
+    /// Logs `request` and draws its answer: the nth request for a message gets the nth draw.
+    fn answer(&mut self, seed: u64, request: &Request) -> Behaviour {
+        let nth = self.seen.entry(request.sms_id).or_default();
+        *nth += 1;
+        let behaviour = behaviour(seed, request.sms_id, *nth);
+        self.requests.push(ProviderRequest {
+            instance: request.instance,
+            generation: request.generation,
+            sms_id: request.sms_id,
+            attempt: request.attempt,
+            nth: *nth,
+            received_ms: crate::now_ms(),
+            behaviour,
+        });
+        behaviour
+    }
+}
+
 #[derive(Clone)]
 struct Server {
     seed: u64,
     timeout: Duration,
-    log: Arc<Mutex<Vec<ProviderRequest>>>,
+    log: Arc<Mutex<Log>>,
 }
 
 /// What the provider needs of one request.
@@ -96,18 +127,11 @@ impl Server {
                     return;
                 }
             };
-            let behaviour = behaviour(self.seed, request.sms_id, request.attempt as u32);
-            self.log
+            let behaviour = self
+                .log
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(ProviderRequest {
-                    instance: request.instance,
-                    generation: request.generation,
-                    sms_id: request.sms_id,
-                    attempt: request.attempt,
-                    received_ms: crate::now_ms(),
-                    behaviour,
-                });
+                .answer(self.seed, &request);
             let id = format!(r#"{{"id":"chaos-{}-{}"}}"#, request.sms_id, request.attempt);
             let answered = match behaviour {
                 Behaviour::Accept => respond(&mut stream, 200, &[], &id).await,
