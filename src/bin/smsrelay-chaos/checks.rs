@@ -495,8 +495,10 @@ fn released_unspent(e: &Evidence, v: &mut Vec<Violation>) {
 }
 
 /// An attempt recorded `accepted` is the last request of its number, and the
-/// provider answered it 200 (at once, or after the timeout: a daemon slowed
-/// by the load may still read that one).
+/// provider answered it 200: at once, after the timeout (a daemon slowed by
+/// the load may still read that one), or a 200's head without its body (the
+/// webhook provider takes the status line as the answer; the body, with the
+/// provider's id, is optional). Never a 429, a 500 or a reset.
 fn acceptances(e: &Evidence, v: &mut Vec<Violation>) {
     let by_attempt = requests_by_attempt(e);
     for a in &e.attempts {
@@ -507,7 +509,10 @@ fn acceptances(e: &Evidence, v: &mut Vec<Violation>) {
             .get(&(a.sms_id, a.attempt))
             .and_then(|requests| requests.last())
             .map(|r| r.behaviour);
-        if !matches!(last, Some(Behaviour::Accept | Behaviour::Slow)) {
+        if !matches!(
+            last,
+            Some(Behaviour::Accept | Behaviour::Slow | Behaviour::AcceptThenHang)
+        ) {
             v.push(Violation::AcceptedWithoutA200 {
                 sms_id: a.sms_id,
                 attempt: a.attempt,
