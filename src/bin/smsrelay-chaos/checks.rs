@@ -909,6 +909,9 @@ mod tests {
                 behaviour: Some(Behaviour::Reset)
             }]
         );
+        // A 200's head without its body is an answer the webhook accepts.
+        e.requests[3].behaviour = Behaviour::AcceptThenHang;
+        assert_eq!(violations(&e, &RULES), vec![]);
         let mut e = clean();
         e.requests.remove(3);
         let found = violations(&e, &RULES);

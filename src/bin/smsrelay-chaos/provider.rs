@@ -254,3 +254,40 @@ fn parse_path(path: &str) -> Option<(u32, u32)> {
     let (instance, generation) = rest.split_once('/')?;
     Some((instance.parse().ok()?, generation.parse().ok()?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(sms_id: i64, attempt: i64) -> Request {
+        Request {
+            instance: 0,
+            generation: 0,
+            sms_id,
+            attempt,
+        }
+    }
+
+    #[test]
+    fn a_message_resent_after_a_429_with_the_same_attempt_gets_a_fresh_draw() {
+        let seed = 1;
+        // A message whose first request draws a 429 and whose second does not.
+        let sms_id = (1..10_000)
+            .find(|&id| {
+                matches!(behaviour(seed, id, 1), Behaviour::Throttle { .. })
+                    && !matches!(behaviour(seed, id, 2), Behaviour::Throttle { .. })
+            })
+            .expect("some message draws a 429 first");
+        let mut log = Log::default();
+        let first = log.answer(seed, &request(sms_id, 1));
+        assert!(matches!(first, Behaviour::Throttle { .. }));
+        // The daemon hands a 429 back unspent: the resend carries attempt 1 again.
+        let second = log.answer(seed, &request(sms_id, 1));
+        assert!(!matches!(second, Behaviour::Throttle { .. }));
+        let nths: Vec<u32> = log.requests.iter().map(|r| r.nth).collect();
+        assert_eq!(nths, vec![1, 2]);
+        // Another message's count is its own.
+        log.answer(seed, &request(sms_id + 1, 1));
+        assert_eq!(log.requests[2].nth, 1);
+    }
+}
