@@ -401,11 +401,44 @@ pub fn report_outcome(status: &str) -> Option<ReportOutcome> {
     }
 }
 
+/// How long a report for an id not (yet) recorded waits for the send's
+/// outcome: the dispatcher writes it within milliseconds of the provider's
+/// answer, unless the database is slow; well under `[api] request_timeout`.
+const UNMATCHED_WAIT: [Duration; 5] = [
+    Duration::from_millis(50),
+    Duration::from_millis(150),
+    Duration::from_millis(300),
+    Duration::from_millis(600),
+    Duration::from_millis(1200),
+];
+
+/// The (message, attempt) Africa's Talking's id names. Only that id names
+/// the message, and it is stored with the send's outcome, which a fast
+/// report can beat: an id not found is looked up again for a little over 2 s.
+async fn find_attempt(
+    state: &ReportState,
+    provider_id: &str,
+) -> Result<Option<(i64, u32)>, crate::store::StoreError> {
+    let store = &state.context.store;
+    for wait in UNMATCHED_WAIT {
+        if let Some(found) = store
+            .attempt_by_provider_message_id(&state.provider, provider_id)
+            .await?
+        {
+            return Ok(Some(found));
+        }
+        tokio::time::sleep(wait).await;
+    }
+    store
+        .attempt_by_provider_message_id(&state.provider, provider_id)
+        .await
+}
+
 /// One delivery report. 403 without the secret; 400 without `id` and
 /// `status`; 503 while the database is down; 200 otherwise, unknown messages
-/// included. Only Africa's Talking's id names the message, and it is stored
-/// with the send's outcome: a report that comes before that cannot be matched
-/// and is answered as unknown (nothing changes; the message stays `sent` and
+/// included. A report that comes before the send's outcome is written waits
+/// for it (see [`find_attempt`]); one still unmatched after that is answered
+/// as unknown (nothing changes; the message stays `sent` and
 /// `smsrelay_reports_overdue` counts it once `[provider] report_window` passes).
 async fn report(
     axum::extract::State(state): axum::extract::State<ReportState>,
@@ -424,15 +457,10 @@ async fn report(
     let Some(outcome) = report_outcome(status) else {
         return (StatusCode::OK, "intermediate status, nothing to change\n");
     };
-    let attempt = state
-        .context
-        .store
-        .attempt_by_provider_message_id(&state.provider, id)
-        .await;
-    let (sms_id, attempt) = match attempt {
+    let (sms_id, attempt) = match find_attempt(&state, id).await {
         Ok(Some(found)) => found,
-        // An id we never recorded (another application on the account, or a
-        // send whose outcome is not written yet): nothing to change.
+        // An id we never recorded (another application on the account), or
+        // a send whose outcome was still not written after the wait.
         Ok(None) => return (StatusCode::OK, "unknown message, nothing to change\n"),
         Err(e) => {
             tracing::warn!(provider = %state.provider, error = %e, "delivery report not stored");

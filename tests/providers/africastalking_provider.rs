@@ -392,3 +392,76 @@ async fn reports_with_the_secret_move_messages_by_their_message_id() {
     assert_eq!(db.transitions(delivered).await.len(), 3);
     stop.cancel();
 }
+
+/// Answers like [`ByRecipient`], `delay` late.
+struct Late(Duration);
+
+impl wiremock::Respond for Late {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        ByRecipient.respond(request).set_delay(self.0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_that_beats_the_send_answer_waits_for_its_outcome() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/version1/messaging"))
+        .respond_with(Late(Duration::from_millis(800)))
+        .mount(&server)
+        .await;
+    let db = TestDb::new().await;
+    let mut config = test_config(&db, "http://127.0.0.1:9/unused");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    config.api.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    config.provider.kind = ProviderKind::Africastalking;
+    config.provider.africastalking = Some(settings(&server.uri()));
+    config.validate().unwrap();
+    let provider = config.provider.build().unwrap();
+    let app = smsrelay::app::Application::from_parts(&config, db.store(), provider)
+        .with_api(&config)
+        .unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(stop.clone()));
+
+    let id = db.insert(1, "+254712345601", "one").await;
+    // The provider has the request and has not answered yet: its report
+    // comes first, before the message id is known to us.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !server
+                .received_requests()
+                .await
+                .unwrap_or_default()
+                .is_empty()
+        })
+        .await
+    );
+    assert_eq!(db.status(id).await, "sending");
+    let answer = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{port}/callbacks/africastalking?secret={SECRET}"
+        ))
+        .form(&[("id", "ATXid_01"), ("status", "Success")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    assert_eq!(
+        db.status(id).await,
+        "delivered",
+        "answered only once the report is applied"
+    );
+    let to: Vec<String> = db
+        .transitions(id)
+        .await
+        .into_iter()
+        .map(|(_, to)| to)
+        .collect();
+    assert_eq!(to, ["sending", "sent", "delivered"]);
+    stop.cancel();
+}
