@@ -162,8 +162,8 @@ impl<B: Backend> Messages for B {
         // An attempt's row is written at its outcome (or by the reaper): the
         // one in progress is read from the lease columns of `sms`, where the
         // claim left its instance and, in `updated_at`, its start. The NOT
-        // EXISTS keeps a row that smsrelay before migration 0011 wrote at
-        // the claim from showing twice.
+        // EXISTS keeps a row an older smsrelay wrote at the claim (a
+        // rolling upgrade) from showing twice.
         let sql = format!(
             "SELECT {ATTEMPT_COLUMNS} FROM sms_attempt WHERE sms_id = {} \
              UNION ALL \

@@ -236,7 +236,7 @@ WHERE s.status = 'sending' AND s.attempts = i.attempt AND s.locked_by = ?";
 
 // The attempt rows of the applied outcomes, run before RECORD on the rows
 // it locked: the row as the claim left it gives the instance and the start.
-// The upsert completes a row that smsrelay before this release wrote at the
+// The upsert completes a row an older smsrelay wrote at the
 // claim (VALUES(): MariaDB has no row alias). Parameter: JSON [OutcomeRow] (applied ones).
 const RECORD_ATTEMPTS: &str = "
 INSERT INTO sms_attempt (sms_id, attempt, instance, started_at, finished_at, outcome,
@@ -277,8 +277,8 @@ SET s.status = 'pending',
     s.updated_at = UTC_TIMESTAMP(6)
 WHERE s.status = 'sending' AND s.attempts = i.attempt AND s.locked_by = ?";
 
-// No request was ever made, so the attempt gets no row (one that smsrelay
-// before this release wrote at the claim goes).
+// No request was ever made, so the attempt gets no row (one an older
+// smsrelay wrote at the claim goes).
 const RELEASE_ATTEMPTS: &str = "
 DELETE a FROM sms_attempt a
 JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$.id', attempt INT PATH '$.attempt')) AS i
@@ -329,7 +329,7 @@ SET s.status = i.status,
 // The open attempt gets its row, `abandoned` (it may have reached the
 // provider: at-least-once), from the lease columns before REAP clears them:
 // the instance, and `updated_at`, set at the claim (its start). The upsert
-// completes a row that smsrelay before this release wrote at the claim.
+// completes a row an older smsrelay wrote at the claim.
 const REAP_ATTEMPTS: &str = "
 INSERT INTO sms_attempt (sms_id, attempt, instance, started_at, finished_at, outcome, error)
 SELECT s.id, i.attempt, s.locked_by, s.updated_at, UTC_TIMESTAMP(6), 'abandoned',

@@ -143,7 +143,7 @@ SELECT id, attempts, mobile_no, message, send_key FROM claimed ORDER BY id";
 // instance's lease changes; anything else is a stale write and is left alone.
 // The attempt's row is inserted here, whole: `before` is the row as the claim
 // left it (its `updated_at` is the attempt's start). ON CONFLICT completes a
-// row that smsrelay before migration 0011 inserted at the claim (a rolling upgrade).
+// row an older smsrelay inserted at the claim (a rolling upgrade).
 const RECORD: &str = "
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($2::jsonb) AS t(
@@ -194,8 +194,8 @@ SELECT count(*) FROM updated";
 
 // Rows the provider never took (shutdown, a paused or throttling provider):
 // back to `pending` as if never claimed. The attempt is not spent, so it gets
-// no row (one that smsrelay before migration 0011 wrote at the claim goes);
-// the events keep the story. $3 = the event's reason.
+// no row (one an older smsrelay wrote at the claim goes); the events keep
+// the story. $3 = the event's reason.
 const RELEASE: &str = "
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($2::jsonb) AS t(id bigint, attempt int)

@@ -216,8 +216,8 @@ RETURNING sms.id";
 
 // The attempt rows of a batch, run before RECORD (in its transaction), on
 // the rows that pass the same fence: the row as the claim left it gives the
-// instance and the start. The upsert completes a row that smsrelay before
-// this release wrote at the claim. ?1 = JSON [OutcomeRow], ?2 = instance, ?3 = now.
+// instance and the start. The upsert completes a row an older
+// smsrelay wrote at the claim. ?1 = JSON [OutcomeRow], ?2 = instance, ?3 = now.
 const RECORD_ATTEMPTS: &str = "
 INSERT INTO sms_attempt (sms_id, attempt, instance, started_at, finished_at, outcome,
                          http_status, provider_message_id, error, provider)
@@ -259,8 +259,8 @@ WHERE sms.id = i.id AND sms.status = 'sending'
   AND sms.attempts = i.attempt AND sms.locked_by = ?2
 RETURNING sms.id";
 
-// No request was ever made, so the attempt gets no row (one that smsrelay
-// before this release wrote at the claim goes). ?1 = JSON [{id, attempt}].
+// No request was ever made, so the attempt gets no row (one an older
+// smsrelay wrote at the claim goes). ?1 = JSON [{id, attempt}].
 const RELEASE_ATTEMPTS: &str = "
 DELETE FROM sms_attempt
 WHERE (sms_id, attempt) IN (SELECT value ->> '$.id', value ->> '$.attempt' FROM json_each(?1))";
@@ -281,8 +281,8 @@ WHERE sms.id = i.id AND sms.status = 'sending'
 // Expired leases: the instance crashed or hung. REAP_ATTEMPTS picks the
 // rows and writes their `abandoned` attempt rows from the lease columns
 // (instance, and `updated_at`: the attempt's start) before REAP changes
-// them; the upsert completes a row that smsrelay before this release wrote
-// at the claim. ?1 = now, ?2 = limit.
+// them; the upsert completes a row an older smsrelay wrote at the
+// claim. ?1 = now, ?2 = limit.
 const REAP_ATTEMPTS: &str = "
 INSERT INTO sms_attempt (sms_id, attempt, instance, started_at, finished_at, outcome, error)
 SELECT id, attempts, locked_by, updated_at, ?1, 'abandoned',
