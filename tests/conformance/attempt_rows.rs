@@ -101,10 +101,7 @@ async fn a_crashed_attempt_ends_with_an_abandoned_row_and_its_events(db: TestSto
         .claim("node-b", 10, Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!(
-        (again.messages[0].id, again.messages[0].attempt),
-        (id, 2)
-    );
+    assert_eq!((again.messages[0].id, again.messages[0].attempt), (id, 2));
     let report = db
         .store
         .record_outcomes("node-b", &[outcome(id, 2, NextState::Sent)])
@@ -147,7 +144,10 @@ async fn a_crashed_attempt_under_at_most_once_ends_abandoned_and_failed(db: Test
     assert_eq!(stored_attempts(&db, id).await, 1);
     let attempts = db.store.attempts(id).await.unwrap();
     assert_eq!(
-        (attempts[0].instance.as_str(), attempts[0].outcome.as_deref()),
+        (
+            attempts[0].instance.as_str(),
+            attempts[0].outcome.as_deref()
+        ),
         ("crashed-node", Some("abandoned"))
     );
     let last = db.transitions(id).await.pop().unwrap();
@@ -177,7 +177,11 @@ async fn an_attempt_row_from_an_older_claim_is_completed_not_doubled(db: TestSto
         )
         .await;
         let attempts = db.store.attempts(id).await.unwrap();
-        assert_eq!(attempts.len(), 1, "shown once while in progress: {attempts:?}");
+        assert_eq!(
+            attempts.len(),
+            1,
+            "shown once while in progress: {attempts:?}"
+        );
     }
 
     let report = db
@@ -200,6 +204,10 @@ async fn an_attempt_row_from_an_older_claim_is_completed_not_doubled(db: TestSto
         assert_eq!(attempts.len(), 1);
         assert_eq!(attempts[0].outcome.as_deref(), Some(expected));
         assert!(attempts[0].finished_at.is_some());
-        assert!(close(attempts[0].started_at, started, Duration::from_secs(1)));
+        assert!(close(
+            attempts[0].started_at,
+            started,
+            Duration::from_secs(1)
+        ));
     }
 }

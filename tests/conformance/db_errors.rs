@@ -109,7 +109,10 @@ async fn a_value_the_schema_refuses_costs_only_its_own_field(db: TestStore) {
         crate::backends::Backend::Sqlite => {
             // The attempt's row is inserted whole at its outcome (or
             // completed, when an older claim wrote it): refuse both ways.
-            for (name, on) in [("ascii_ids_inserted", "INSERT"), ("ascii_ids_updated", "UPDATE")] {
+            for (name, on) in [
+                ("ascii_ids_inserted", "INSERT"),
+                ("ascii_ids_updated", "UPDATE"),
+            ] {
                 db.exec(
                     &format!(
                         "CREATE TRIGGER {name} BEFORE {on} ON sms_attempt

@@ -172,11 +172,13 @@ async fn outcomes_waiting_longer_than_the_lease_keep_their_lease() {
         // The attempt's row is written at its outcome: an uncommitted row
         // with its key makes that INSERT wait (and, rolled back, lets it in).
         let mut tx = db.pool.begin().await.unwrap();
-        sqlx::query("INSERT INTO sms_attempt (sms_id, attempt, instance) VALUES ($1, 1, 'blocker')")
-            .bind(rows[0])
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        sqlx::query(
+            "INSERT INTO sms_attempt (sms_id, attempt, instance) VALUES ($1, 1, 'blocker')",
+        )
+        .bind(rows[0])
+        .execute(&mut *tx)
+        .await
+        .unwrap();
         // Reap and claim from another instance for more than two leases.
         let mut taken_over = 0;
         let until = tokio::time::Instant::now() + lease * 2 + Duration::from_secs(1);
