@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::ApiState;
 use crate::api::auth::Authenticator;
 use crate::dispatch::Dispatcher;
-use crate::housekeeping::{Housekeeping, ReaperSettings, RetentionSettings};
+use crate::housekeeping::{Housekeeping, OverdueSettings, ReaperSettings, RetentionSettings};
 use crate::provider::{CallbackContext, Provider};
 use crate::settings::Config;
 use crate::store::{self, Store, StoreError};
@@ -22,6 +22,7 @@ pub struct Application {
     provider: Arc<dyn Provider>,
     reaper: ReaperSettings,
     retention: RetentionSettings,
+    overdue: OverdueSettings,
     /// The bound API listener and its router (None when `[api] enabled = false`).
     api: Option<(
         std::net::TcpListener,
@@ -140,6 +141,10 @@ impl Application {
             provider,
             reaper,
             retention: config.housekeeping.retention(),
+            overdue: OverdueSettings {
+                providers: config.provider.reporting(),
+                window: config.provider.report_window,
+            },
             api: None,
         }
     }
@@ -151,6 +156,7 @@ impl Application {
             dispatcher,
             reaper,
             retention,
+            overdue,
             api,
             ..
         } = self;
@@ -168,7 +174,7 @@ impl Application {
             }
             None => None,
         };
-        let result = run_dispatcher(store, &dispatcher, (reaper, retention), &stop).await;
+        let result = run_dispatcher(store, &dispatcher, (reaper, retention, overdue), &stop).await;
         // Whatever ended the dispatcher ends the API too.
         stop.cancel();
         if let Some(api) = api {
@@ -187,7 +193,7 @@ impl Application {
 async fn run_dispatcher(
     store: Arc<dyn Store>,
     dispatcher: &Dispatcher,
-    (reaper, retention): (ReaperSettings, RetentionSettings),
+    (reaper, retention, overdue): (ReaperSettings, RetentionSettings, OverdueSettings),
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     if !wait_for_database(store.as_ref(), stop).await? {
@@ -195,7 +201,7 @@ async fn run_dispatcher(
     }
     crate::systemd::ready();
     tracing::info!("smsrelay ready");
-    let housekeeping = Housekeeping::start(store, reaper, retention).await?;
+    let housekeeping = Housekeeping::start(store, reaper, retention, overdue).await?;
     dispatcher.run(stop.clone(), crate::systemd::watchdog).await;
     crate::systemd::stopping();
     housekeeping.stop().await;

@@ -1,7 +1,8 @@
 -- Less work on every status change (issue 11: the claim and the outcome
 -- each update `sms`; neither update can be HOT, since `status` is indexed).
 --
--- 1. The state machine's check (migration 0001) as a WHEN clause: the
+-- 1. The state machine's check (migrations 0001 and 0010, with the two
+--    moves of a kept delivery report) as a WHEN clause: the
 --    executor tests the allowed moves itself, and the PL/pgSQL function runs
 --    only for a refused one, to raise the same error. Before, it ran on
 --    every status change, twice per message sent. SQLite's trigger has the
@@ -16,6 +17,8 @@ CREATE TRIGGER sms_transition BEFORE UPDATE OF status ON sms
         ('sending', 'pending'),
         ('sending', 'declined'),
         ('sending', 'failed'),
+        ('sending', 'delivered'),
+        ('sending', 'undelivered'),
         ('sent', 'delivered'),
         ('sent', 'undelivered')))
     EXECUTE FUNCTION sms_check_transition();

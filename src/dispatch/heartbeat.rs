@@ -19,6 +19,20 @@ pub struct Heartbeat<'a> {
     stall_after: Duration,
     last_progress: Mutex<Instant>,
     last_ping: Mutex<Option<Instant>>,
+    /// A stall seen by [`Self::pulse`] was logged (until the next progress).
+    warned: std::sync::atomic::AtomicBool,
+    /// Steps under way in [`Self::during`] (the loops run side by side): while
+    /// one is, an idle loop's pulse is no progress.
+    steps: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a step as under way until dropped (also when the step is cancelled).
+struct UnderWay<'h>(&'h std::sync::atomic::AtomicUsize);
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl<'a> Heartbeat<'a> {
@@ -29,6 +43,8 @@ impl<'a> Heartbeat<'a> {
             stall_after,
             last_progress: Mutex::new(Instant::now()),
             last_ping: Mutex::new(None),
+            warned: std::sync::atomic::AtomicBool::new(false),
+            steps: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -43,12 +59,17 @@ impl<'a> Heartbeat<'a> {
         if let Ok(mut last) = self.last_progress.lock() {
             *last = now;
         }
+        self.warned
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.ping_at_most_every(now, self.every / 2);
     }
 
     /// Runs `step` (a send batch, a database call), pinging while it is
     /// within `stall_after` of the last progress; reports progress when it ends.
     pub async fn during<F: std::future::Future>(&self, step: F) -> F::Output {
+        self.steps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _under_way = UnderWay(&self.steps);
         tokio::pin!(step);
         let mut ticks = tokio::time::interval(self.every);
         let mut warned = false;
@@ -71,6 +92,25 @@ impl<'a> Heartbeat<'a> {
         };
         self.progress();
         output
+    }
+
+    /// A periodic check from a loop that waits on many steps at once: while
+    /// `busy` (sends in flight) or a step is under way elsewhere, pings only
+    /// as long as the last progress is within the time a step may take;
+    /// otherwise the loop is idle, which is progress.
+    pub fn pulse(&self, busy: bool) {
+        if !busy && self.steps.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return self.progress();
+        }
+        let since = self.since_progress();
+        if since <= self.stall_after {
+            self.ping_at_most_every(Instant::now(), self.every / 2);
+        } else if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::error!(
+                stalled_for = ?since,
+                "dispatcher made no progress for longer than a step may take; no longer feeding the watchdog"
+            );
+        }
     }
 
     /// Waits `wait` (or until `until` completes), reporting progress every
@@ -134,6 +174,34 @@ mod tests {
             pings.len()
         );
         let last = pings.last().unwrap().duration_since(started);
+        assert!(
+            last <= STALL + EVERY * 2,
+            "last ping {last:?} after the start"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_loop_beside_a_step_that_never_ends_does_not_keep_the_pings_going() {
+        let pings = Mutex::new(Vec::new());
+        let ping = || pings.lock().unwrap().push(Instant::now());
+        let started = Instant::now();
+        let heartbeat = Heartbeat::new(&ping, EVERY, STALL);
+        let idle_loop = async {
+            loop {
+                tokio::time::sleep(EVERY).await;
+                heartbeat.pulse(false);
+            }
+        };
+        let wedged = async {
+            tokio::join!(heartbeat.during(std::future::pending::<()>()), idle_loop);
+        };
+        assert!(tokio::time::timeout(STALL * 4, wedged).await.is_err());
+        let last = pings
+            .lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .duration_since(started);
         assert!(
             last <= STALL + EVERY * 2,
             "last ping {last:?} after the start"

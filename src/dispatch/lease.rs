@@ -1,77 +1,114 @@
-//! The leases of one batch, from its claim until every row is recorded or
-//! handed back. They are renewed every lease/3 while sends are in flight and
-//! while outcomes wait to be written, and the dispatcher keeps, on its own
-//! clock, until when they surely hold: a write retried through an outage
-//! stops before another instance may take the rows over.
+//! The leases of every row in hand (claimed, not yet recorded or handed
+//! back). All of them are renewed together every lease/3 by one statement,
+//! and the dispatcher keeps, per row and on its own clock, until when each
+//! surely holds: a write retried through an outage stops before another
+//! instance may take its rows over.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-/// The rows of a batch still `sending` under our lease.
-pub(super) struct BatchLease {
-    rows: Vec<(i64, u32)>,
+use super::pipeline::Ctx;
+
+/// A row under our lease: `(id, attempt)`.
+pub(super) type Row = (i64, u32);
+
+/// The rows in hand, each with the time its lease surely holds until.
+pub(super) struct InHand {
+    held_until: HashMap<Row, Instant>,
     lease: Duration,
-    /// When the last successful claim or renewal started, plus the lease: the
-    /// database set the expiry later than that, from its own clock.
-    held_until: Instant,
-    renew_at: Instant,
 }
 
-impl BatchLease {
-    /// The lease of `rows`, claimed by a call that started at `claimed_at`.
-    pub fn claimed(rows: Vec<(i64, u32)>, lease: Duration, claimed_at: Instant) -> Self {
-        BatchLease {
-            rows,
+impl InHand {
+    pub fn new(lease: Duration) -> Self {
+        InHand {
+            held_until: HashMap::new(),
             lease,
-            held_until: claimed_at + lease,
-            renew_at: claimed_at + Self::every(lease),
         }
     }
 
-    /// A third of the lease, so two renewals may fail before another instance may take over.
-    fn every(lease: Duration) -> Duration {
-        lease / 3
+    /// `rows` were claimed by a call that started at `claimed_at`: the
+    /// database set their expiry later than `claimed_at + lease`.
+    pub fn claimed(&mut self, rows: impl IntoIterator<Item = Row>, claimed_at: Instant) {
+        let until = claimed_at + self.lease;
+        self.held_until
+            .extend(rows.into_iter().map(|row| (row, until)));
     }
 
-    /// The `(id, attempt)` of every row still ours to renew.
-    pub fn rows(&self) -> &[(i64, u32)] {
-        &self.rows
+    pub fn len(&self) -> usize {
+        self.held_until.len()
     }
 
-    /// When the next renewal is due.
-    pub fn renew_at(&self) -> Instant {
-        self.renew_at
+    /// Every row still ours to renew.
+    pub fn rows(&self) -> Vec<Row> {
+        self.held_until.keys().copied().collect()
     }
 
-    pub fn is_due(&self) -> bool {
-        Instant::now() >= self.renew_at
+    /// A renewal of `rows` that started at `started` succeeded.
+    pub fn renewed(&mut self, rows: &[Row], started: Instant) {
+        let until = started + self.lease;
+        for row in rows {
+            if let Some(held) = self.held_until.get_mut(row) {
+                *held = (*held).max(until);
+            }
+        }
     }
 
-    /// A renewal that started at `started` succeeded.
-    pub fn renewed(&mut self, started: Instant) {
-        self.held_until = self.held_until.max(started + self.lease);
+    /// Whether less than `margin` is left of the lease of any of `rows`: a
+    /// write started now might land after another instance took it over.
+    pub fn nearly_over(&self, rows: &[Row], margin: Duration) -> bool {
+        let now = Instant::now();
+        rows.iter()
+            .filter_map(|row| self.held_until.get(row))
+            .any(|held| now + margin >= *held)
     }
 
-    /// Schedules the next renewal, whatever became of this one.
-    pub fn reschedule(&mut self) {
-        self.renew_at = Instant::now() + Self::every(self.lease);
+    /// `rows` were recorded, handed back, or given up: no longer ours to renew.
+    pub fn forget<'r>(&mut self, rows: impl IntoIterator<Item = &'r Row>) {
+        for row in rows {
+            self.held_until.remove(row);
+        }
     }
+}
 
-    /// Whether less than `margin` of the lease is left: a write started now
-    /// might land after another instance took the rows over.
-    pub fn nearly_over(&self, margin: Duration) -> bool {
-        Instant::now() + margin >= self.held_until
-    }
-
-    /// `row` was recorded: no longer ours to renew.
-    pub fn forget(&mut self, row: (i64, u32)) {
-        self.rows.retain(|r| *r != row);
-    }
-
-    /// Only `rows` remain ours to renew (the others were recorded).
-    pub fn keep_only(&mut self, rows: &[(i64, u32)]) {
-        self.rows.retain(|row| rows.contains(row));
+/// Renews every row in hand every lease/3 (a third, so two renewals may
+/// fail before another instance may take over), until `done`. A failure is
+/// logged and left to the next renewal; a row the fence refused was taken
+/// over by another instance, and its outcome will be refused as stale.
+pub(super) async fn renew_every_third(ctx: &Ctx<'_>, done: &CancellationToken) {
+    let o = ctx.options;
+    let every = o.lease / 3;
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let rows = ctx.in_hand(|h| h.rows());
+        if rows.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        match ctx
+            .heartbeat
+            .during(ctx.store.renew(&o.instance, &rows, o.lease))
+            .await
+        {
+            Ok(renewed) => {
+                if renewed < rows.len() as u64 {
+                    metrics::counter!("smsrelay_leases_lost_total")
+                        .increment(rows.len() as u64 - renewed);
+                    tracing::warn!(
+                        renewed,
+                        in_hand = rows.len(),
+                        "some leases could not be renewed: those rows were taken over by another instance"
+                    );
+                }
+                ctx.in_hand(|h| h.renewed(&rows, started));
+            }
+            Err(e) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
+        }
     }
 }
 
@@ -84,20 +121,28 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_holds_from_the_start_of_its_last_successful_renewal() {
+    fn each_row_holds_from_the_start_of_its_claim_or_last_successful_renewal() {
         let lease = Duration::from_secs(30);
         let margin = Duration::from_secs(10);
-        let fresh = BatchLease::claimed(vec![(1, 1)], lease, Instant::now());
-        assert!(!fresh.is_due() && !fresh.nearly_over(margin));
-        let mut old = BatchLease::claimed(vec![(1, 1)], lease, ago(21));
-        assert!(old.is_due());
-        assert!(old.nearly_over(margin), "9s of 30s left");
+        let mut hand = InHand::new(lease);
+        hand.claimed([(1, 1)], Instant::now());
+        assert!(!hand.nearly_over(&[(1, 1)], margin));
+        hand.claimed([(2, 1)], ago(21));
+        assert!(hand.nearly_over(&[(2, 1)], margin), "9s of 30s left");
+        assert!(
+            hand.nearly_over(&[(1, 1), (2, 1)], margin),
+            "any row counts"
+        );
 
-        old.renewed(ago(1));
-        old.reschedule();
-        assert!(!old.nearly_over(margin) && !old.is_due());
+        hand.renewed(&[(2, 1)], ago(1));
+        assert!(!hand.nearly_over(&[(1, 1), (2, 1)], margin));
         // A renewal that started before the claim does not shorten it.
-        old.renewed(ago(100));
-        assert!(!old.nearly_over(margin));
+        hand.renewed(&[(2, 1)], ago(100));
+        assert!(!hand.nearly_over(&[(2, 1)], margin));
+
+        hand.forget(&[(1, 1)]);
+        assert_eq!((hand.len(), hand.rows()), (1, vec![(2, 1)]));
+        // A row no longer in hand is not ours to worry about.
+        assert!(!hand.nearly_over(&[(1, 1)], Duration::from_secs(3600)));
     }
 }

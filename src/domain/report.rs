@@ -1,6 +1,7 @@
 //! Delivery reports: what a provider says became of a message it accepted.
 //! Authenticated and parsed by the provider's callback route, applied by the
-//! store in one transaction.
+//! store in one transaction. A report that arrives before the send's outcome
+//! is recorded is kept on its row and applied with that outcome.
 
 use super::Status;
 
@@ -40,8 +41,10 @@ pub enum ReportApplied {
     /// nothing changes (a message never moves backwards).
     AlreadyFinal,
     /// Still `pending` / `sending`: the send's outcome is not recorded yet.
-    /// Nothing changes; the provider should try again later.
-    NotYetSent,
+    /// The report is kept on the row (the first one only: a duplicate or a
+    /// contrary one changes nothing) and applied when the outcome of the
+    /// attempt in flight is recorded. The provider need not send it again.
+    Early,
     /// No such message, an attempt it never had, or one that was never sent
     /// (declined, failed). Nothing changes.
     Unknown,
@@ -56,9 +59,10 @@ pub fn decide(status: Status, attempts: u32, report: &DeliveryReport) -> ReportA
     match status {
         Status::Sent => ReportApplied::Applied,
         Status::Delivered | Status::Undelivered => ReportApplied::AlreadyFinal,
-        // A retried message may have its earlier attempt reported while the
-        // next one is in flight: wait for that one's outcome too.
-        Status::Pending | Status::Sending => ReportApplied::NotYetSent,
+        // The provider answered before our outcome was written; or a retried
+        // message has its earlier attempt reported while it waits for the
+        // next one: kept until an outcome is recorded.
+        Status::Pending | Status::Sending => ReportApplied::Early,
         Status::Declined | Status::Failed => ReportApplied::Unknown,
     }
 }
@@ -83,8 +87,8 @@ mod tests {
             (Status::Sent, Applied),
             (Status::Delivered, AlreadyFinal),
             (Status::Undelivered, AlreadyFinal),
-            (Status::Sending, NotYetSent),
-            (Status::Pending, NotYetSent),
+            (Status::Sending, Early),
+            (Status::Pending, Early),
             (Status::Declined, Unknown),
             (Status::Failed, Unknown),
         ];

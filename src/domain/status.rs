@@ -62,6 +62,10 @@ impl Status {
                 | (Sending, Pending) // transient failure, lease expired, or released at shutdown
                 | (Sending, Declined)
                 | (Sending, Failed)
+                // a delivery report that came before the send's outcome, kept
+                // and applied with it (the events still say `sent` first)
+                | (Sending, Delivered)
+                | (Sending, Undelivered)
                 | (Sent, Delivered)
                 | (Sent, Undelivered)
         )

@@ -1,8 +1,10 @@
 //! Maintenance jobs on cron schedules (tokio-cron-scheduler, kept behind this
-//! module so it can be swapped): the lease reaper and retention. Each job
-//! guards itself with a database lock, so several instances can run the same
-//! schedule safely.
+//! module so it can be swapped): the lease reaper, retention, and the count
+//! of messages overdue for a delivery report. The reaper and retention guard
+//! themselves with a database lock, so several instances can run the same
+//! schedule safely; the count only reads, and each instance exports its own.
 
+mod overdue;
 mod retention;
 
 use std::sync::Arc;
@@ -16,6 +18,8 @@ use crate::config::{ConfigError, invalid};
 use crate::domain::outcome::Guarantee;
 use crate::store::{ReapReport, Store, StoreError};
 
+pub use overdue::{OVERDUE_SCHEDULE, OverdueSettings, refresh_overdue};
+pub(crate) use retention::duration_or_off;
 pub use retention::{RetentionReport, RetentionSettings, retain_once};
 
 /// `[housekeeping]`: maintenance jobs, as cron expressions with seconds.
@@ -108,15 +112,17 @@ pub async fn reap_once(
             .await?;
         total.requeued += pass.requeued;
         total.failed += pass.failed;
+        total.reported += pass.reported;
         total.skipped |= pass.skipped;
-        if pass.skipped || pass.requeued + pass.failed < u64::from(settings.batch) {
+        if pass.skipped || pass.requeued + pass.failed + pass.reported < u64::from(settings.batch) {
             break;
         }
     }
-    if total.requeued + total.failed > 0 {
+    if total.requeued + total.failed + total.reported > 0 {
         tracing::warn!(
             requeued = total.requeued,
             failed = total.failed,
+            reported = total.reported,
             "recovered messages whose lease expired (an instance crashed or hung; they may have been sent)"
         );
     }
@@ -131,13 +137,31 @@ pub struct Housekeeping {
 }
 
 impl Housekeeping {
-    /// Schedules the jobs and starts them (retention only when it is on).
+    /// Schedules the jobs and starts them (retention and the overdue count
+    /// only when they are on).
     pub async fn start(
         store: Arc<dyn Store>,
         reaper: ReaperSettings,
         retention: RetentionSettings,
+        overdue: OverdueSettings,
     ) -> Result<Self, JobSchedulerError> {
         let scheduler = JobScheduler::new().await?;
+        if overdue.enabled() {
+            let overdue_store = store.clone();
+            let job = Job::new_async(OVERDUE_SCHEDULE, move |_, _| {
+                let store = overdue_store.clone();
+                let overdue = overdue.clone();
+                Box::pin(async move {
+                    if let Err(e) = refresh_overdue(store.as_ref(), &overdue).await {
+                        tracing::warn!(error = %e, "counting messages overdue for a delivery report failed; next run will retry");
+                    }
+                })
+            })?;
+            scheduler.add(job).await?;
+        } else {
+            // Exported all the same, so that a dashboard sees "none" rather than "missing".
+            metrics::gauge!("smsrelay_reports_overdue").set(0.0);
+        }
         let stop = CancellationToken::new();
         let schedule = reaper.schedule.clone();
         let reaper_store = store.clone();

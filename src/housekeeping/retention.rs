@@ -151,7 +151,7 @@ pub async fn retain_once(
 }
 
 /// `housekeeping.retention` as a duration, where `off` means zero.
-pub(super) mod duration_or_off {
+pub(crate) mod duration_or_off {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::callback::{self, check_callback_secret, parse_http_url, sanitized, secret_matches};
+use super::checks;
 use super::webhook::{request_failed_at, retry_after};
 use super::{
     CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendLimits,
@@ -80,20 +81,8 @@ impl AfricasTalkingSettings {
                 "is required (the application's username; `sandbox` on the sandbox)",
             ));
         }
-        if self.api_key.is_none() && self.api_key_credential.is_none() {
-            return Err(invalid(
-                k("api_key"),
-                format!("is required (or {})", k("api_key_credential")),
-            ));
-        }
-        if let Some(from) = &self.from
-            && from.trim().is_empty()
-        {
-            return Err(invalid(
-                k("from"),
-                "must not be empty (leave it out to use the shared default sender)",
-            ));
-        }
+        checks::require_secret(instance, "api_key", &self.api_key, &self.api_key_credential)?;
+        checks::optional_sender(instance, &self.from, "the shared default sender")?;
         let base = parse_http_url(&k("base_url"), &self.base_url)?;
         if base.query().is_some() {
             return Err(invalid(k("base_url"), "must not carry a query string"));
@@ -114,6 +103,11 @@ impl ProviderSection for AfricasTalkingSettings {
         Ok(Arc::new(AfricasTalkingProvider::from_settings(
             self, instance,
         )?))
+    }
+
+    /// Reports are asked for when their callback is configured.
+    fn sends_reports(&self) -> bool {
+        self.callback_secret.is_some() || self.callback_secret_credential.is_some()
     }
 
     fn limits(&self) -> SendLimits {
@@ -408,8 +402,11 @@ pub fn report_outcome(status: &str) -> Option<ReportOutcome> {
 }
 
 /// One delivery report. 403 without the secret; 400 without `id` and
-/// `status`; 503 while the message is not recorded `sent` yet or the database
-/// is down; 200 otherwise, unknown messages included.
+/// `status`; 503 while the database is down; 200 otherwise, unknown messages
+/// included. Only Africa's Talking's id names the message, and it is stored
+/// with the send's outcome: a report that comes before that cannot be matched
+/// and is answered as unknown (nothing changes; the message stays `sent` and
+/// `smsrelay_reports_overdue` counts it once `[provider] report_window` passes).
 async fn report(
     axum::extract::State(state): axum::extract::State<ReportState>,
     axum::extract::Query(query): axum::extract::Query<SecretQuery>,

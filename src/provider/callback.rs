@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use subtle::ConstantTimeEq;
 
 use crate::config::{ConfigError, invalid};
-use crate::domain::report::{DeliveryReport, ReportApplied};
+use crate::domain::report::DeliveryReport;
 use crate::secrets::Secret;
 use crate::store::Store;
 
@@ -60,15 +60,15 @@ pub fn sanitized(value: &str) -> String {
 /// How a batch of reports went, for the HTTP answer.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
-    /// Some report's message has no recorded send outcome yet, or the
-    /// database refused: the provider must send the batch again.
+    /// The database refused or could not be reached: the provider must send
+    /// the batch again. (A report that comes before the send's outcome is
+    /// kept by the store and needs no retry.)
     pub retry: bool,
 }
 
 /// Applies one report; logs what it did, never the number.
 pub async fn apply(store: &dyn Store, provider: &str, report: &DeliveryReport) -> Applied {
     match store.apply_delivery_report(report).await {
-        Ok(ReportApplied::NotYetSent) => Applied { retry: true },
         Ok(applied) => {
             tracing::info!(
                 provider,
@@ -86,13 +86,13 @@ pub async fn apply(store: &dyn Store, provider: &str, report: &DeliveryReport) -
     }
 }
 
-/// 200 once every report is committed (unknown messages included, so that
-/// the provider stops retrying them); 503 when one must come again.
+/// 200 once every report is committed (kept early ones and unknown messages
+/// included, so that the provider stops retrying them); 503 when one must come again.
 pub fn answer(applied: Applied) -> (StatusCode, &'static str) {
     if applied.retry {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not stored (send outcome not recorded yet, or the database is down); try again\n",
+            "not stored (the database is down); try again\n",
         )
     } else {
         (StatusCode::OK, "ok\n")

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::callback::{self, check_callback_secret, parse_http_url, sanitized, secret_matches};
+use super::checks;
 use super::webhook::{request_failed_at, retry_after};
 use super::{
     CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendLimits,
@@ -77,43 +78,15 @@ impl InfobipSettings {
         if base.query().is_some() {
             return Err(invalid(k("base_url"), "must not carry a query string"));
         }
-        if self.api_key.is_none() && self.api_key_credential.is_none() {
-            return Err(invalid(
-                k("api_key"),
-                format!("is required (or {})", k("api_key_credential")),
-            ));
-        }
-        if let Some(from) = &self.from
-            && from.trim().is_empty()
-        {
-            return Err(invalid(
-                k("from"),
-                "must not be empty (leave it out to use the account's default sender)",
-            ));
-        }
-        if let Some(url) = &self.notify_url {
-            let parsed = parse_http_url(&k("notify_url"), url)?;
-            if parsed.query().is_some() || parsed.fragment().is_some() {
-                return Err(invalid(
-                    k("notify_url"),
-                    "must be a base URL without query or fragment, e.g. https://sms.example.com",
-                ));
-            }
-            if self.callback_secret.is_none() && self.callback_secret_credential.is_none() {
-                return Err(invalid(
-                    k("callback_secret"),
-                    format!(
-                        "is required when {} is set (or {})",
-                        k("notify_url"),
-                        k("callback_secret_credential")
-                    ),
-                ));
-            }
-        }
-        if let Some(secret) = &self.callback_secret {
-            check_callback_secret(&k("callback_secret"), secret)?;
-        }
-        Ok(())
+        checks::require_secret(instance, "api_key", &self.api_key, &self.api_key_credential)?;
+        checks::optional_sender(instance, &self.from, "the account's default sender")?;
+        checks::callback_base(
+            instance,
+            "notify_url",
+            &self.notify_url,
+            &self.callback_secret,
+            &self.callback_secret_credential,
+        )
     }
 }
 
@@ -124,6 +97,11 @@ impl ProviderSection for InfobipSettings {
 
     fn build(&self, instance: &ProviderInstance) -> Result<Arc<dyn Provider>, ConfigError> {
         Ok(Arc::new(InfobipProvider::from_settings(self, instance)?))
+    }
+
+    /// Reports are asked for when their callback is configured.
+    fn sends_reports(&self) -> bool {
+        self.notify_url.is_some()
     }
 
     fn limits(&self) -> SendLimits {
@@ -547,9 +525,9 @@ fn report_reason(provider: &str, status: &StatusObject, error: Option<&ErrorObje
 }
 
 /// One POST of reports. 403 without the secret; 400 for a body that is not
-/// Infobip's JSON; 503 when one report's message has no send outcome
-/// recorded yet or the database is down (Infobip retries); 200 otherwise,
-/// results for unknown messages included.
+/// Infobip's JSON; 503 when the database is down (Infobip retries); 200
+/// otherwise, results for unknown messages included, and reports that came
+/// before their send's outcome (kept by the store until it is recorded).
 async fn reports(
     axum::extract::State(state): axum::extract::State<ReportState>,
     axum::extract::Query(query): axum::extract::Query<SecretQuery>,

@@ -9,13 +9,14 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use super::callback::{check_callback_secret, parse_http_url, secret_matches};
+use super::checks;
 use super::webhook::{request_failed_at, retry_after};
 use super::{
     CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendLimits,
     SendOutcome, Unavailable,
 };
 use crate::config::{ConfigError, invalid};
-use crate::domain::report::{DeliveryReport, ReportApplied, ReportOutcome};
+use crate::domain::report::{DeliveryReport, ReportOutcome};
 use crate::domain::segments::{Encoding, count_segments};
 use crate::secrets::{Secret, resolve_secret};
 
@@ -68,43 +69,20 @@ impl KannelSettings {
         if self.username.trim().is_empty() {
             return Err(invalid(k("username"), "must not be empty"));
         }
-        if self.password.is_none() && self.password_credential.is_none() {
-            return Err(invalid(
-                k("password"),
-                format!("is required (or {})", k("password_credential")),
-            ));
-        }
-        if let Some(from) = &self.from
-            && from.trim().is_empty()
-        {
-            return Err(invalid(
-                k("from"),
-                "must not be empty (leave it out to use the smsbox's default sender)",
-            ));
-        }
-        if let Some(base) = &self.dlr_url_base {
-            let parsed = parse_http_url(&k("dlr_url_base"), base)?;
-            if parsed.query().is_some() || parsed.fragment().is_some() {
-                return Err(invalid(
-                    k("dlr_url_base"),
-                    "must be a base URL without query or fragment, e.g. https://sms.example.com",
-                ));
-            }
-            if self.callback_secret.is_none() && self.callback_secret_credential.is_none() {
-                return Err(invalid(
-                    k("callback_secret"),
-                    format!(
-                        "is required when {} is set (or {})",
-                        k("dlr_url_base"),
-                        k("callback_secret_credential")
-                    ),
-                ));
-            }
-        }
-        if let Some(secret) = &self.callback_secret {
-            check_callback_secret(&k("callback_secret"), secret)?;
-        }
-        Ok(())
+        checks::require_secret(
+            instance,
+            "password",
+            &self.password,
+            &self.password_credential,
+        )?;
+        checks::optional_sender(instance, &self.from, "the smsbox's default sender")?;
+        checks::callback_base(
+            instance,
+            "dlr_url_base",
+            &self.dlr_url_base,
+            &self.callback_secret,
+            &self.callback_secret_credential,
+        )
     }
 }
 
@@ -115,6 +93,11 @@ impl ProviderSection for KannelSettings {
 
     fn build(&self, instance: &ProviderInstance) -> Result<Arc<dyn Provider>, ConfigError> {
         Ok(Arc::new(KannelProvider::from_settings(self, instance)?))
+    }
+
+    /// Reports are asked for when their callback is configured.
+    fn sends_reports(&self) -> bool {
+        self.dlr_url_base.is_some()
     }
 
     fn limits(&self) -> SendLimits {
@@ -292,9 +275,9 @@ fn report_outcome(kind: u32) -> Option<ReportOutcome> {
 }
 
 /// One delivery report. 403 without the secret; 400 for a malformed one;
-/// 503 while the message is not recorded `sent` yet or the database is down
-/// (Kannel retries with `http-request-retry`); 200 otherwise, also for an
-/// unknown message, so that Kannel stops retrying.
+/// 503 while the database is down (Kannel retries with `http-request-retry`);
+/// 200 once the report is committed: applied, or kept until the send's
+/// outcome is recorded, or for an unknown message, so that Kannel stops retrying.
 async fn report(
     axum::extract::State(state): axum::extract::State<ReportState>,
     axum::extract::Query(query): axum::extract::Query<ReportQuery>,
@@ -323,10 +306,6 @@ async fn report(
         reason: format!("{} delivery report type {kind}", state.provider),
     };
     match state.context.store.apply_delivery_report(&report).await {
-        Ok(ReportApplied::NotYetSent) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "send outcome not recorded yet; try again\n",
-        ),
         Ok(applied) => {
             tracing::info!(sms_id, attempt, kind, ?applied, "delivery report");
             (StatusCode::OK, "ok\n")

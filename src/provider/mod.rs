@@ -38,6 +38,7 @@
 
 pub mod africastalking;
 pub mod callback;
+pub mod checks;
 pub mod health;
 pub mod infobip;
 pub mod kannel;
@@ -195,6 +196,13 @@ pub trait ProviderSection {
     fn limits(&self) -> SendLimits {
         SendLimits::default()
     }
+
+    /// Whether this section asks the provider for delivery reports, so that
+    /// a message it accepted and never reported on is overdue after
+    /// `[provider] report_window` (`smsrelay_reports_overdue`).
+    fn sends_reports(&self) -> bool {
+        false
+    }
 }
 
 /// How fast and how many at once this instance sends to one provider
@@ -270,6 +278,10 @@ pub struct ProviderSettings {
     /// Whole-request timeout of one send.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How long a message may stay `sent` through a provider that sends
+    /// delivery reports before `smsrelay_reports_overdue` counts it; `off`: never.
+    #[serde(with = "crate::housekeeping::duration_or_off")]
+    pub report_window: Duration,
     pub webhook: webhook::WebhookSettings,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kannel: Option<kannel::KannelSettings>,
@@ -287,6 +299,7 @@ impl Default for ProviderSettings {
             kind: ProviderKind::Log,
             order: Vec::new(),
             timeout: Duration::from_secs(10),
+            report_window: DEFAULT_REPORT_WINDOW,
             webhook: webhook::WebhookSettings::default(),
             kannel: None,
             twilio: None,
@@ -296,7 +309,21 @@ impl Default for ProviderSettings {
     }
 }
 
+/// `[provider] report_window` unless set: networks report within minutes
+/// when the handset is on, so an hour without one is worth a look.
+pub const DEFAULT_REPORT_WINDOW: Duration = Duration::from_secs(3600);
+
 impl ProviderSettings {
+    /// The names of the providers that send, and whose sections ask for
+    /// delivery reports (attempts record the provider by this name).
+    pub fn reporting(&self) -> Vec<String> {
+        self.members()
+            .into_iter()
+            .filter(|kind| self.section(*kind).is_ok_and(|s| s.sends_reports()))
+            .map(|kind| kind.as_str().to_owned())
+            .collect()
+    }
+
     /// The section of provider `kind`.
     fn section(&self, kind: ProviderKind) -> Result<&dyn ProviderSection, ConfigError> {
         Ok(match kind {
@@ -479,6 +506,28 @@ pub fn required_section<'a, S: ProviderSection>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_sections_asking_for_reports_are_reporting() {
+        let mut settings = ProviderSettings::default();
+        assert!(settings.reporting().is_empty(), "log sends no reports");
+        settings.kind = ProviderKind::Webhook;
+        assert!(
+            settings.reporting().is_empty(),
+            "the webhook has no callback"
+        );
+        settings.kind = ProviderKind::Kannel;
+        settings.kannel = Some(kannel::KannelSettings::default());
+        assert!(
+            settings.reporting().is_empty(),
+            "no dlr_url_base, no reports"
+        );
+        settings.kannel = Some(kannel::KannelSettings {
+            dlr_url_base: Some("https://sms.example.com".into()),
+            ..kannel::KannelSettings::default()
+        });
+        assert_eq!(settings.reporting(), ["kannel"]);
+    }
 
     #[test]
     fn the_chosen_provider_is_built_and_named_after_its_section() {

@@ -13,13 +13,14 @@ use subtle::ConstantTimeEq;
 use std::sync::Arc;
 
 use super::callback::parse_http_url;
+use super::checks;
 use super::webhook::{request_failed_at, retry_after};
 use super::{
     CallbackContext, OutboundSms, Provider, ProviderInstance, ProviderSection, SendLimits,
     SendOutcome, Unavailable,
 };
 use crate::config::{ConfigError, invalid};
-use crate::domain::report::{DeliveryReport, ReportApplied, ReportOutcome};
+use crate::domain::report::{DeliveryReport, ReportOutcome};
 use crate::secrets::{Secret, resolve_secret};
 
 /// Twilio's API host; tests point `base_url` at a local server instead.
@@ -82,12 +83,12 @@ impl TwilioSettings {
                 "must be AC followed by 32 hex digits (the Account SID on Twilio's console)",
             ));
         }
-        if self.auth_token.is_none() && self.auth_token_credential.is_none() {
-            return Err(invalid(
-                k("auth_token"),
-                format!("is required (or {})", k("auth_token_credential")),
-            ));
-        }
+        checks::require_secret(
+            instance,
+            "auth_token",
+            &self.auth_token,
+            &self.auth_token_credential,
+        )?;
         match (&self.from, &self.messaging_service_sid) {
             (Some(_), Some(_)) | (None, None) => {
                 return Err(invalid(
@@ -137,6 +138,11 @@ impl ProviderSection for TwilioSettings {
 
     fn build(&self, instance: &ProviderInstance) -> Result<Arc<dyn Provider>, ConfigError> {
         Ok(Arc::new(TwilioProvider::from_settings(self, instance)?))
+    }
+
+    /// Reports are asked for when their callback is configured.
+    fn sends_reports(&self) -> bool {
+        self.status_callback_url.is_some()
     }
 
     fn limits(&self) -> SendLimits {
@@ -305,9 +311,9 @@ fn callback_outcome(status: &str) -> Option<ReportOutcome> {
 }
 
 /// One status callback. 403 unless `X-Twilio-Signature` signs this URL and
-/// these parameters; 400 for a malformed one; 503 while the message is not
-/// recorded `sent` yet or the database is down (Twilio retries); 200 otherwise,
-/// unknown messages included.
+/// these parameters; 400 for a malformed one; 503 while the database is down
+/// (Twilio retries); 200 once the report is committed (applied, or kept until
+/// the send's outcome is recorded), unknown messages included.
 async fn status_callback(
     axum::extract::State(state): axum::extract::State<CallbackState>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
@@ -369,10 +375,6 @@ async fn status_callback(
         reason,
     };
     match state.context.store.apply_delivery_report(&report).await {
-        Ok(ReportApplied::NotYetSent) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "send outcome not recorded yet; try again\n",
-        ),
         Ok(applied) => {
             tracing::info!(sms_id, attempt, status, ?applied, "delivery report");
             (StatusCode::OK, "ok\n")

@@ -54,6 +54,9 @@ pub(super) trait Backend: Send + Sync + 'static {
     const MIGRATIONS_TABLE: &'static str;
     /// The demo rows, inserted unless present (see [`super::demo_rows`]).
     const DEMO_INSERT: &'static str;
+    /// `s.sent_at` more than the first parameter's milliseconds ago, by the
+    /// database's clock (the one `sent_at` was written with).
+    const SENT_BEFORE_WINDOW: &'static str;
 
     /// Runs one statement with `args` bound in order and returns its rows,
     /// within `database.call_timeout`.
@@ -390,4 +393,41 @@ pub(super) async fn attempt_by_provider_message_id<B: Backend>(
     let sms_id = row.int("sms_id")?.unwrap_or(0);
     let attempt = row.int4("attempt")?.unwrap_or(0);
     Ok(Some((sms_id, u32::try_from(attempt).unwrap_or(0))))
+}
+
+/// The most [`overdue_reports`] counts: it reads no more rows than this
+/// however many are overdue, and the gauge says "at least" beyond it.
+pub const OVERDUE_CAP: u32 = 100_000;
+
+/// [`super::Reports::overdue_reports`] for any dialect: one range of the
+/// index of `sent` rows (`sms_sent_idx`, migration 0010) per provider, from
+/// the oldest, so it reads the overdue rows and no others.
+pub(super) async fn overdue_reports<B: Backend>(
+    backend: &B,
+    providers: &[String],
+    window: std::time::Duration,
+) -> Result<u64, StoreError> {
+    if providers.is_empty() {
+        return Ok(0);
+    }
+    let p = B::STYLE.placeholder;
+    let names: Vec<String> = (0..providers.len()).map(|i| p(i + 2)).collect();
+    let sql = format!(
+        "SELECT count(*) AS n FROM (\
+         SELECT 1 AS one FROM sms s \
+         WHERE s.status = 'sent' AND {} AND s.provider IN ({}) \
+         LIMIT {OVERDUE_CAP}) AS overdue",
+        B::SENT_BEFORE_WINDOW,
+        names.join(", ")
+    );
+    let mut args = vec![Arg::Int(Some(
+        i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
+    ))];
+    args.extend(providers.iter().map(|name| Arg::Text(Some(name.clone()))));
+    let rows = backend.fetch(&sql, &args).await?;
+    let n = match rows.first() {
+        Some(row) => row.int("n")?.unwrap_or(0),
+        None => 0,
+    };
+    Ok(u64::try_from(n).unwrap_or(0))
 }

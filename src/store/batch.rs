@@ -4,7 +4,6 @@
 //! SQLite), so the statements stay fixed `&'static str` whatever the batch
 //! size. Also the small conversions the dialects share.
 
-use crate::domain::report::{DeliveryReport, ReportApplied};
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -49,7 +48,7 @@ pub(super) fn storable(value: &str, max_chars: usize) -> Cow<'_, str> {
 /// One outcome as a JSON object; absent fields become SQL NULL on both
 /// dialects (no reliance on how each one maps a JSON `null`). Texts are
 /// [`storable`].
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub(super) struct OutcomeRow<'a> {
     pub id: i64,
     pub attempt: i64,
@@ -230,43 +229,26 @@ pub(super) fn lookup_from(found: Option<Option<String>>) -> super::Lookup {
     }
 }
 
-/// What a delivery report does to the row locked for it (`status`, `attempts`,
-/// or `None` when there is no such row): `Ok(to)` when the row moves to the
-/// status `to` with an event, `Err(why)` when nothing changes. Every dialect
-/// decides through here, in its own transaction.
-pub(super) fn report_target(
-    report: &DeliveryReport,
-    row: Option<(String, i32)>,
-) -> Result<Result<&'static str, ReportApplied>, StoreError> {
-    let Some((status, attempts)) = row else {
-        return Ok(Err(ReportApplied::Unknown));
-    };
-    let status = parse_status(report.sms_id, &status)?;
-    Ok(
-        match crate::domain::report::decide(status, to_u32(Some(attempts)).unwrap_or(0), report) {
-            ReportApplied::Applied => Ok(report.outcome.status().as_str()),
-            unchanged => Err(unchanged),
-        },
-    )
+/// The event reason of a row the reaper recovers, from its `last_error`
+/// (MySQL and SQLite; PostgreSQL's REAP says the same in SQL).
+pub(super) fn reap_reason(at_most_once: bool, failed: bool, last_error: &str) -> String {
+    if at_most_once {
+        format!("{last_error}; not sent again (dispatch.guarantee = at-most-once)")
+    } else if failed {
+        format!("attempts exhausted: {last_error}")
+    } else {
+        last_error.to_owned()
+    }
 }
 
-/// Applies a delivery report in the dialect's open transaction `tx`: locks
-/// the row with `lock`, decides through [`report_target`], then runs the
-/// dialect's `update` and `event` statements for the target status `to`.
-macro_rules! apply_report {
-    ($tx:ident, $report:expr, $lock:expr, |$to:ident| $update:expr, $event:expr) => {{
-        let row = $lock.bind($report.sms_id).fetch_optional(&mut *$tx).await?;
-        let $to = match report_target($report, row)? {
-            Ok(to) => to,
-            Err(unchanged) => return Ok(unchanged),
-        };
-        $update.execute(&mut *$tx).await?;
-        $event.execute(&mut *$tx).await?;
-        $tx.commit().await?;
-        Ok(ReportApplied::Applied)
-    }};
+/// One `sms_event` row of an outcome batch, as JSON (MySQL, SQLite).
+#[derive(Debug, Serialize)]
+pub(super) struct EventRow<'a> {
+    pub id: i64,
+    pub from_status: &'static str,
+    pub to_status: &'a str,
+    pub reason: Cow<'a, str>,
 }
-pub(super) use apply_report;
 
 #[cfg(test)]
 mod tests {

@@ -145,6 +145,13 @@ impl Reports for Layered {
             .attempt_by_provider_message_id(provider, provider_message_id)
             .await
     }
+    async fn overdue_reports(
+        &self,
+        providers: &[String],
+        window: Duration,
+    ) -> Result<u64, StoreError> {
+        self.store.overdue_reports(providers, window).await
+    }
 }
 
 #[async_trait]

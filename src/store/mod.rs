@@ -4,7 +4,8 @@
 //! [`Schema`], [`Reports`] (providers' delivery reports), [`OptOuts`]
 //! (unsubscribed recipients) and [`Retention`] (deleting old finished messages). What is the same on every database is
 //! written once: `query.rs` builds the list queries, `rows.rs` maps rows,
-//! `batch.rs` carries batches as one JSON parameter, and `backend.rs`
+//! `batch.rs` carries batches as one JSON parameter, `reports.rs` holds what
+//! a delivery report does (also one kept until its send's outcome), and `backend.rs`
 //! implements `Messages`, `Directory`, `Schema` and `OptOuts` for any dialect
 //! from a few primitives. Each dialect file (`postgres.rs`, `mysql.rs`, `sqlite.rs`)
 //! keeps only its SQL, its binding, its `Queue` and `Leases`, with a header saying where
@@ -18,13 +19,14 @@ mod layered;
 pub mod mysql;
 pub mod postgres;
 mod query;
+mod reports;
 mod rows;
 mod session;
 pub mod settings;
 pub mod sqlite;
 mod wakeups;
 
-pub use backend::QUEUE_COUNTS;
+pub use backend::{OVERDUE_CAP, QUEUE_COUNTS};
 pub use layered::with_queue;
 
 use std::sync::Arc;
@@ -167,6 +169,9 @@ pub struct ReapReport {
     pub requeued: u64,
     /// Moved to `failed`: their last allowed attempt was abandoned.
     pub failed: u64,
+    /// Moved to `delivered` / `undelivered`: a delivery report kept for them
+    /// shows the provider took the abandoned attempt (neither sent again nor failed).
+    pub reported: u64,
     /// Another instance held the reaper lock; nothing was done.
     pub skipped: bool,
 }
@@ -343,7 +348,11 @@ pub trait Queue: Send + Sync + 'static {
     ) -> Result<Claim, StoreError>;
 
     /// Writes outcomes in one statement; each applies only while the row is
-    /// still `sending` with that attempt under `instance`'s lease.
+    /// still `sending` with that attempt under `instance`'s lease. A row
+    /// with a delivery report kept (it came before this outcome) goes to the
+    /// report's final status instead, whatever the outcome, with the events
+    /// `sending -> sent` and `sent -> delivered | undelivered`: the provider
+    /// has the message, so it is not sent again.
     async fn record_outcomes(
         &self,
         instance: &str,
@@ -376,7 +385,9 @@ pub trait Leases: Send + Sync + 'static {
     ) -> Result<u64, StoreError>;
 
     /// Returns rows whose lease expired to `pending` (or `failed` when that was
-    /// their last attempt), marking the open attempt `abandoned`. Under
+    /// their last attempt), marking the open attempt `abandoned`. A row with
+    /// a delivery report kept goes to that report's final status instead
+    /// (events `sending -> sent -> delivered | undelivered`). Under
     /// at-most-once every such row fails instead, with a reason starting
     /// `outcome unknown` (the attempt may have reached the provider). Runs in
     /// one instance at a time.
@@ -448,8 +459,10 @@ pub trait Schema: Send + Sync + 'static {
 #[async_trait]
 pub trait Reports: Send + Sync + 'static {
     /// Applies a provider's final delivery report in one transaction: `sent`
-    /// becomes `delivered` / `undelivered` with an event; anything else is
-    /// left as it is and said so (see [`ReportApplied`]).
+    /// becomes `delivered` / `undelivered` with an event; a `pending` or
+    /// `sending` message keeps the report (the first one) until its send's
+    /// outcome is recorded, which then applies it (see [`Queue::record_outcomes`]);
+    /// anything else is left as it is and said so (see [`ReportApplied`]).
     async fn apply_delivery_report(
         &self,
         report: &DeliveryReport,
@@ -462,6 +475,16 @@ pub trait Reports: Send + Sync + 'static {
         provider: &str,
         provider_message_id: &str,
     ) -> Result<Option<(i64, u32)>, StoreError>;
+
+    /// How many messages are `sent` through one of `providers` (the one
+    /// that accepted them, kept on the row since migration 0010) for longer
+    /// than `window` without a report, by the database's clock; at most
+    /// [`OVERDUE_CAP`]. 0 without providers.
+    async fn overdue_reports(
+        &self,
+        providers: &[String],
+        window: Duration,
+    ) -> Result<u64, StoreError>;
 }
 
 /// Recipients who unsubscribed (table `sms_opt_out`), keyed by [`OptOutKey`].

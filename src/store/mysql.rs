@@ -33,11 +33,12 @@ use sqlx::{AssertSqlSafe, Connection, Executor};
 
 use super::backend::{Backend, DirectorySql, insert_args};
 use super::batch::{
-    AttemptRef, EXPIRE_BATCH, OutcomeRow, apply_report, first_per_id, micros, record_report,
-    report_target, sweep_expired, to_json,
+    AttemptRef, EXPIRE_BATCH, OutcomeRow, first_per_id, micros, reap_reason, record_report,
+    sweep_expired, to_json,
 };
 use super::deadline;
 use super::query::{Arg, Style};
+use super::reports::{ReportTarget, apply_report, outcome_events, reap_events, report_target};
 use super::rows::ClaimedRows;
 use super::session;
 use super::{
@@ -211,15 +212,27 @@ WHERE id IN (SELECT j.id FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$'))
 ORDER BY id
 FOR UPDATE";
 
+// LOCK_BY_ID for outcomes: also the delivery report kept on each row
+// (migration 0010), read under the lock so none can be added before commit.
+const LOCK_FOR_OUTCOMES: &str = "
+SELECT id, status, attempts, locked_by, early_report, early_report_reason FROM sms
+WHERE id IN (SELECT j.id FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j)
+ORDER BY id
+FOR UPDATE";
+
 // The columns of an outcome batch (batch::OutcomeRow). Parameters: JSON
 // [OutcomeRow] of the outcomes that passed the fence, instance.
-// The WHERE repeats the fence as a safety net.
+// The WHERE repeats the fence as a safety net. `next_status` is already the
+// kept report's final status where one was kept (the provider has the
+// message, whatever the outcome said), so only the outcome's own `pending`
+// schedules a retry, and any other move records the send time.
 const RECORD: &str = "
 UPDATE sms s JOIN JSON_TABLE(?, '$[*]' COLUMNS (
         id BIGINT PATH '$.id', attempt INT PATH '$.attempt',
         next_status VARCHAR(16) PATH '$.next_status', retry_ms BIGINT PATH '$.retry_ms',
         provider_message_id VARCHAR(255) PATH '$.provider_message_id',
-        error TEXT PATH '$.error', segments INT PATH '$.segments')) AS i
+        error TEXT PATH '$.error', segments INT PATH '$.segments',
+        provider VARCHAR(255) PATH '$.provider')) AS i
     ON s.id = i.id
 SET s.status = i.next_status,
     s.locked_by = NULL,
@@ -227,10 +240,13 @@ SET s.status = i.next_status,
     s.next_attempt_at = CASE WHEN i.next_status = 'pending'
                              THEN UTC_TIMESTAMP(6) + INTERVAL i.retry_ms * 1000 MICROSECOND
                              ELSE s.next_attempt_at END,
-    s.sent_at = CASE WHEN i.next_status = 'sent' THEN UTC_TIMESTAMP(6) ELSE s.sent_at END,
+    s.sent_at = CASE WHEN i.next_status IN ('sent', 'delivered', 'undelivered')
+                     THEN UTC_TIMESTAMP(6) ELSE s.sent_at END,
+    s.delivered_at = CASE WHEN i.next_status = 'delivered' THEN UTC_TIMESTAMP(6) ELSE s.delivered_at END,
     s.provider_message_id = COALESCE(i.provider_message_id, s.provider_message_id),
     s.last_error = COALESCE(i.error, s.last_error),
     s.segments = COALESCE(i.segments, s.segments),
+    s.provider = COALESCE(i.provider, s.provider),
     s.updated_at = UTC_TIMESTAMP(6)
 WHERE s.status = 'sending' AND s.attempts = i.attempt AND s.locked_by = ?";
 
@@ -257,12 +273,14 @@ ON DUPLICATE KEY UPDATE
     error = VALUES(error),
     provider = VALUES(provider)";
 
+// Parameter: JSON [batch::EventRow], inserted in array order (the reaper's too).
 const RECORD_EVENTS: &str = "
 INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
-SELECT i.id, 'sending', i.next_status, i.reason, UTC_TIMESTAMP(6)
+SELECT i.id, i.from_status, i.to_status, i.reason, UTC_TIMESTAMP(6)
 FROM JSON_TABLE(?, '$[*]' COLUMNS (
-        id BIGINT PATH '$.id', next_status VARCHAR(16) PATH '$.next_status',
-        reason TEXT PATH '$.reason')) AS i";
+        n FOR ORDINALITY, id BIGINT PATH '$.id', from_status VARCHAR(16) PATH '$.from_status',
+        to_status VARCHAR(16) PATH '$.to_status', reason TEXT PATH '$.reason')) AS i
+ORDER BY i.n";
 
 // Rows the provider never took (shutdown, a paused or throttling provider):
 // back to `pending` as if never claimed. Parameters: JSON [{id, attempt}]
@@ -306,14 +324,15 @@ const REAPER_LOCK: &str = "SELECT GET_LOCK(LEFT(CONCAT('smsrelay.reaper.', DATAB
 const REAPER_UNLOCK: &str = "SELECT RELEASE_LOCK(LEFT(CONCAT('smsrelay.reaper.', DATABASE()), 64))";
 
 // Expired leases: the instance crashed or hung. Parameter: limit.
+// With the delivery report kept on each row, if any (migration 0010).
 const REAP_LOCK: &str = "
-SELECT id, attempts, locked_by FROM sms FORCE INDEX (sms_lease_idx)
+SELECT id, attempts, locked_by, early_report, early_report_reason FROM sms FORCE INDEX (sms_lease_idx)
 WHERE status = 'sending' AND lease_expires_at < UTC_TIMESTAMP(6)
 ORDER BY lease_expires_at
 LIMIT ?
 FOR UPDATE SKIP LOCKED";
 
-// Parameter: JSON [ReapRow].
+// Parameter: JSON [ReapRow]. A row with a report kept takes its final status.
 const REAP: &str = "
 UPDATE sms s JOIN JSON_TABLE(?, '$[*]' COLUMNS (
         id BIGINT PATH '$.id', status VARCHAR(16) PATH '$.status',
@@ -322,6 +341,8 @@ UPDATE sms s JOIN JSON_TABLE(?, '$[*]' COLUMNS (
 SET s.status = i.status,
     s.last_error = i.last_error,
     s.next_attempt_at = UTC_TIMESTAMP(6),
+    s.sent_at = CASE WHEN i.status IN ('delivered', 'undelivered') THEN UTC_TIMESTAMP(6) ELSE s.sent_at END,
+    s.delivered_at = CASE WHEN i.status = 'delivered' THEN UTC_TIMESTAMP(6) ELSE s.delivered_at END,
     s.locked_by = NULL,
     s.lease_expires_at = NULL,
     s.updated_at = UTC_TIMESTAMP(6)";
@@ -340,12 +361,6 @@ ON DUPLICATE KEY UPDATE
     finished_at = VALUES(finished_at),
     outcome = VALUES(outcome),
     error = VALUES(error)";
-
-const REAP_EVENTS: &str = "
-INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
-SELECT i.id, 'sending', i.status, i.reason, UTC_TIMESTAMP(6)
-FROM JSON_TABLE(?, '$[*]' COLUMNS (
-        id BIGINT PATH '$.id', status VARCHAR(16) PATH '$.status', reason TEXT PATH '$.reason')) AS i";
 
 // --- retention -------------------------------------------------------------
 
@@ -389,7 +404,6 @@ struct ReapRow {
     attempt: i64,
     status: &'static str,
     last_error: String,
-    reason: String,
 }
 
 // --- the rest --------------------------------------------------------------
@@ -424,6 +438,28 @@ fn bind<'q>(
 
 /// The ids among `locked` whose row still passes the fence for `expected`:
 /// `sending`, on that attempt, leased to `instance`.
+/// A row locked for the reaper: id, attempts, owner, kept report and its reason.
+type LockedForReap = (i64, i32, Option<String>, Option<String>, Option<String>);
+
+/// A row locked for outcomes: id, status, attempts, owner, kept report and its reason.
+type LockedForOutcome = (
+    i64,
+    String,
+    i32,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The status a kept report moves its row to (a `'static` name for the JSON).
+fn kept_status(kept: Option<(&str, &str)>) -> Option<&'static str> {
+    match kept?.0 {
+        "delivered" => Some("delivered"),
+        "undelivered" => Some("undelivered"),
+        _ => None,
+    }
+}
+
 fn fenced(
     locked: &[(i64, String, i32, Option<String>)],
     instance: &str,
@@ -472,50 +508,60 @@ impl MySqlStore {
     ) -> Result<ReapReport, StoreError> {
         let at_most_once = guarantee == Guarantee::AtMostOnce;
         let mut tx = conn.begin().await?;
-        let rows: Vec<(i64, i32, Option<String>)> = sqlx::query_as(REAP_LOCK)
+        let rows: Vec<LockedForReap> = sqlx::query_as(REAP_LOCK)
             .bind(i64::from(limit))
             .fetch_all(&mut *tx)
             .await?;
         let mut report = ReapReport::default();
-        let reaped: Vec<ReapRow> = rows
-            .into_iter()
-            .map(|(id, attempts, locked_by)| {
-                // Under at-most-once the abandoned attempt may have reached the provider.
-                let failed = at_most_once || i64::from(attempts) >= i64::from(max_attempts);
-                let last_error = format!(
-                    "{}lease of {} expired during attempt {attempts}",
-                    if at_most_once {
-                        "outcome unknown: "
-                    } else {
-                        ""
-                    },
-                    locked_by.unwrap_or_default()
-                );
-                if failed {
-                    report.failed += 1;
+        let mut reaped = Vec::with_capacity(rows.len());
+        let mut events = Vec::with_capacity(rows.len());
+        for (id, attempts, locked_by, early, early_reason) in &rows {
+            let kept = early
+                .as_deref()
+                .map(|to| (to, early_reason.as_deref().unwrap_or_default()));
+            // Under at-most-once the abandoned attempt may have reached the provider.
+            let failed = at_most_once || i64::from(*attempts) >= i64::from(max_attempts);
+            let last_error = format!(
+                "{}lease of {} expired during attempt {attempts}",
+                if at_most_once {
+                    "outcome unknown: "
                 } else {
+                    ""
+                },
+                locked_by.as_deref().unwrap_or_default()
+            );
+            let status = match kept_status(kept) {
+                Some(reported) => {
+                    report.reported += 1;
+                    reported
+                }
+                None if failed => {
+                    report.failed += 1;
+                    "failed"
+                }
+                None => {
                     report.requeued += 1;
+                    "pending"
                 }
-                ReapRow {
-                    id,
-                    attempt: i64::from(attempts),
-                    status: if failed { "failed" } else { "pending" },
-                    reason: if at_most_once {
-                        format!("{last_error}; not sent again (dispatch.guarantee = at-most-once)")
-                    } else if failed {
-                        format!("attempts exhausted: {last_error}")
-                    } else {
-                        last_error.clone()
-                    },
-                    last_error,
-                }
-            })
-            .collect();
+            };
+            let reason = reap_reason(at_most_once, failed, &last_error);
+            events.extend(reap_events(*id, status, reason, &last_error, kept));
+            reaped.push(ReapRow {
+                id: *id,
+                attempt: i64::from(*attempts),
+                status,
+                last_error,
+            });
+        }
         if !reaped.is_empty() {
             let json = to_json(&reaped)?;
-            for statement in [REAP_ATTEMPTS, REAP, REAP_EVENTS] {
+            for statement in [REAP_ATTEMPTS, REAP] {
                 sqlx::query(statement).bind(&json).execute(&mut *tx).await?;
             }
+            sqlx::query(RECORD_EVENTS)
+                .bind(to_json(&events)?)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(report)
@@ -593,6 +639,13 @@ WHERE id = ?";
 const REPORT_EVENT: &str =
     "INSERT INTO sms_event (sms_id, from_status, to_status, reason) VALUES (?, 'sent', ?, ?)";
 
+// A report before the send's outcome is kept on the row for RECORD; the
+// first one only, so a duplicate or a contrary one changes nothing.
+// Parameters: status, the provider's status and code, id.
+const REPORT_KEEP: &str = "
+UPDATE sms SET early_report = ?, early_report_reason = ?
+WHERE id = ? AND early_report IS NULL";
+
 #[async_trait]
 impl Backend for MySqlStore {
     type Row = MySqlRow;
@@ -604,6 +657,8 @@ impl Backend for MySqlStore {
     };
     const MIGRATIONS_TABLE: &'static str = "SELECT count(*) AS n FROM information_schema.tables
         WHERE table_schema = DATABASE() AND table_name = '_sqlx_migrations'";
+    const SENT_BEFORE_WINDOW: &'static str =
+        "s.sent_at < UTC_TIMESTAMP(6) - INTERVAL ? * 1000 MICROSECOND";
     const DEMO_INSERT: &'static str = concat!("INSERT IGNORE", crate::store::demo_rows!());
 
     async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<MySqlRow>, StoreError> {
@@ -713,22 +768,44 @@ impl Queue for MySqlStore {
         let applied = self
             .call(async |conn| {
                 let mut tx = conn.begin().await?;
-                let locked: Vec<(i64, String, i32, Option<String>)> = sqlx::query_as(LOCK_BY_ID)
+                let locked: Vec<LockedForOutcome> = sqlx::query_as(LOCK_FOR_OUTCOMES)
                     .bind(&ids)
                     .fetch_all(&mut *tx)
                     .await?;
+                let fence: Vec<(i64, String, i32, Option<String>)> = locked
+                    .iter()
+                    .map(|(id, status, attempts, owner, _, _)| {
+                        (*id, status.clone(), *attempts, owner.clone())
+                    })
+                    .collect();
                 let passed = fenced(
-                    &locked,
+                    &fence,
                     instance,
                     outcomes.iter().map(|o| (o.id, i64::from(o.attempt))),
                 );
+                let kept = |id: i64| {
+                    locked.iter().find(|row| row.0 == id).and_then(|row| {
+                        Some((row.4.as_deref()?, row.5.as_deref().unwrap_or_default()))
+                    })
+                };
                 let applied: Vec<OutcomeRow> = first_per_id(outcomes, |o| o.id)
                     .into_iter()
                     .filter(|o| passed.contains(&o.id))
                     .map(OutcomeRow::new)
                     .collect();
                 if !applied.is_empty() {
-                    let json = to_json(&applied)?;
+                    let events =
+                        to_json(&outcome_events(&applied.iter().collect::<Vec<_>>(), kept))?;
+                    // The kept report decides the status (the events above say why).
+                    let moved: Vec<OutcomeRow> = applied
+                        .iter()
+                        .map(|row| OutcomeRow {
+                            next_status: kept_status(kept(row.id)).unwrap_or(row.next_status),
+                            ..row.clone()
+                        })
+                        .collect();
+                    let json = to_json(&moved)?;
+                    // Before RECORD clears the lease columns it reads.
                     sqlx::query(RECORD_ATTEMPTS)
                         .bind(&json)
                         .execute(&mut *tx)
@@ -739,7 +816,7 @@ impl Queue for MySqlStore {
                         .execute(&mut *tx)
                         .await?;
                     sqlx::query(RECORD_EVENTS)
-                        .bind(&json)
+                        .bind(&events)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -876,7 +953,11 @@ impl Reports for MySqlStore {
                 sqlx::query(REPORT_EVENT)
                     .bind(report.sms_id)
                     .bind(to)
+                    .bind(&report.reason),
+                sqlx::query(REPORT_KEEP)
+                    .bind(to)
                     .bind(&report.reason)
+                    .bind(report.sms_id)
             )
         })
         .await
@@ -888,6 +969,14 @@ impl Reports for MySqlStore {
         provider_message_id: &str,
     ) -> Result<Option<(i64, u32)>, StoreError> {
         super::backend::attempt_by_provider_message_id(self, provider, provider_message_id).await
+    }
+
+    async fn overdue_reports(
+        &self,
+        providers: &[String],
+        window: Duration,
+    ) -> Result<u64, StoreError> {
+        super::backend::overdue_reports(self, providers, window).await
     }
 }
 

@@ -20,11 +20,11 @@ use sqlx::{AssertSqlSafe, Connection, Postgres};
 
 use super::backend::{Backend, DirectorySql};
 use super::batch::{
-    AttemptRef, EXPIRE_BATCH, OutcomeRow, apply_report, millis, record_report, report_target,
-    sweep_expired, to_json,
+    AttemptRef, EXPIRE_BATCH, OutcomeRow, millis, record_report, sweep_expired, to_json,
 };
 use super::deadline;
 use super::query::{Arg, Style};
+use super::reports::{ReportTarget, apply_report, report_target, reported_early, taken_as_sent};
 use super::rows::ClaimedRows;
 use super::session;
 use super::{
@@ -141,10 +141,17 @@ SELECT id, attempts, mobile_no, message, send_key FROM claimed ORDER BY id";
 // Outcomes arrive as one JSON array (batch::OutcomeRow). The WHERE
 // clause is the fence: only a row still `sending` under this attempt and this
 // instance's lease changes; anything else is a stale write and is left alone.
+// A delivery report kept on the row (migration 0010) decides its status:
+// the provider has the message, whatever this outcome says, so it goes
+// straight to the report's final status, with the events `sending -> sent`
+// and `sent -> final`. The SET reads the row as the UPDATE locks it, so a
+// report committed while this statement waited for that row is seen.
 // The attempt's row is inserted here, whole: `before` is the row as the claim
-// left it (its `updated_at` is the attempt's start). ON CONFLICT completes a
-// row an older smsrelay inserted at the claim (a rolling upgrade).
-const RECORD: &str = "
+// left it (its `updated_at` is the attempt's start; keeping a report does not
+// change it). ON CONFLICT completes a row an older smsrelay inserted at the
+// claim (a rolling upgrade).
+const RECORD: &str = concat!(
+    "
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($2::jsonb) AS t(
         id bigint, attempt int, next_status text, retry_ms bigint, outcome text, http_status int,
@@ -152,16 +159,19 @@ WITH input AS (
 ),
 updated AS (
     UPDATE sms SET
-        status = input.next_status,
+        status = COALESCE(sms.early_report, input.next_status),
         locked_by = NULL,
         lease_expires_at = NULL,
-        next_attempt_at = CASE WHEN input.next_status = 'pending'
+        next_attempt_at = CASE WHEN input.next_status = 'pending' AND sms.early_report IS NULL
                                THEN now() + input.retry_ms * interval '1 millisecond'
                                ELSE sms.next_attempt_at END,
-        sent_at = CASE WHEN input.next_status = 'sent' THEN now() ELSE sms.sent_at END,
+        sent_at = CASE WHEN input.next_status = 'sent' OR sms.early_report IS NOT NULL
+                       THEN now() ELSE sms.sent_at END,
+        delivered_at = CASE WHEN sms.early_report = 'delivered' THEN now() ELSE sms.delivered_at END,
         provider_message_id = COALESCE(input.provider_message_id, sms.provider_message_id),
         last_error = COALESCE(input.error, sms.last_error),
         segments = COALESCE(input.segments, sms.segments),
+        provider = COALESCE(input.provider, sms.provider),
         updated_at = now()
     FROM input, sms AS before
     WHERE sms.id = input.id
@@ -171,7 +181,8 @@ updated AS (
       AND sms.locked_by = $1
     RETURNING sms.id, input.attempt, input.next_status, input.outcome, input.http_status,
               input.provider_message_id, input.error, input.reason, input.provider,
-              before.updated_at AS started_at
+              before.updated_at AS started_at, sms.status AS now_status,
+              sms.early_report_reason
 ),
 attempt AS (
     INSERT INTO sms_attempt (sms_id, attempt, instance, started_at, finished_at, outcome,
@@ -188,9 +199,24 @@ attempt AS (
 ),
 event AS (
     INSERT INTO sms_event (sms_id, from_status, to_status, reason)
-    SELECT id, 'sending', next_status, reason FROM updated
+    SELECT id, from_status, to_status, reason FROM (
+        SELECT id, 1 AS step, 'sending' AS from_status,
+               CASE WHEN now_status = next_status THEN next_status ELSE 'sent' END AS to_status,
+               CASE WHEN now_status = next_status OR next_status = 'sent' THEN reason
+                    ELSE '",
+    taken_as_sent!(),
+    "' || reason END AS reason
+        FROM updated
+        UNION ALL
+        SELECT id, 2, 'sent', now_status, early_report_reason || '",
+    reported_early!(),
+    "'
+        FROM updated WHERE now_status <> next_status
+    ) AS steps
+    ORDER BY id, step
 )
-SELECT count(*) FROM updated";
+SELECT count(*) FROM updated"
+);
 
 // Rows the provider never took (shutdown, a paused or throttling provider):
 // back to `pending` as if never claimed. The attempt is not spent, so it gets
@@ -234,8 +260,12 @@ WHERE sms.id = i.id AND sms.status = 'sending'
 // row, `abandoned`, from the lease columns (instance, and `updated_at`, set
 // at the claim: its start): it may have reached the provider, so under
 // at-most-once ($3) the row fails with `outcome unknown` instead of going
-// back to `pending`. $1 = max attempts, $2 = limit, $3 = at-most-once.
-const REAP: &str = "
+// back to `pending`. A delivery report kept on the row (migration 0010)
+// shows the provider has it: the row takes the report's final status, with
+// the events `sending -> sent -> final`, and is neither sent again nor failed.
+// $1 = max attempts, $2 = limit, $3 = at-most-once.
+const REAP: &str = concat!(
+    "
 WITH expired AS (
     SELECT id, locked_by, updated_at FROM sms
     WHERE status = 'sending' AND lease_expires_at < now()
@@ -245,16 +275,19 @@ WITH expired AS (
 ),
 reaped AS (
     UPDATE sms SET
-        status = CASE WHEN $3 OR sms.attempts >= $1 THEN 'failed' ELSE 'pending' END,
+        status = CASE WHEN sms.early_report IS NOT NULL THEN sms.early_report
+                      WHEN $3 OR sms.attempts >= $1 THEN 'failed' ELSE 'pending' END,
         last_error = CASE WHEN $3 THEN 'outcome unknown: ' ELSE '' END
                      || 'lease of ' || expired.locked_by || ' expired during attempt ' || sms.attempts,
         next_attempt_at = now(),
+        sent_at = CASE WHEN sms.early_report IS NOT NULL THEN now() ELSE sms.sent_at END,
+        delivered_at = CASE WHEN sms.early_report = 'delivered' THEN now() ELSE sms.delivered_at END,
         locked_by = NULL,
         lease_expires_at = NULL,
         updated_at = now()
     FROM expired
     WHERE sms.id = expired.id
-    RETURNING sms.id, sms.attempts, sms.status, sms.last_error
+    RETURNING sms.id, sms.attempts, sms.status, sms.last_error, sms.early_report_reason
 ),
 attempt AS (
     INSERT INTO sms_attempt (sms_id, attempt, instance, started_at, finished_at, outcome, error)
@@ -268,13 +301,27 @@ attempt AS (
 ),
 event AS (
     INSERT INTO sms_event (sms_id, from_status, to_status, reason)
-    SELECT id, 'sending', status,
-           CASE WHEN $3 THEN last_error || '; not sent again (dispatch.guarantee = at-most-once)'
-                WHEN status = 'failed' THEN 'attempts exhausted: ' || last_error
-                ELSE last_error END
-    FROM reaped
+    SELECT id, from_status, to_status, reason FROM (
+        SELECT id, 1 AS step, 'sending' AS from_status,
+               CASE WHEN status IN ('pending', 'failed') THEN status ELSE 'sent' END AS to_status,
+               CASE WHEN status NOT IN ('pending', 'failed') THEN '",
+    taken_as_sent!(),
+    "' || last_error
+                    WHEN $3 THEN last_error || '; not sent again (dispatch.guarantee = at-most-once)'
+                    WHEN status = 'failed' THEN 'attempts exhausted: ' || last_error
+                    ELSE last_error END AS reason
+        FROM reaped
+        UNION ALL
+        SELECT id, 2, 'sent', status, early_report_reason || '",
+    reported_early!(),
+    "'
+        FROM reaped WHERE status NOT IN ('pending', 'failed')
+    ) AS steps
+    ORDER BY id, step
 )
-SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed') FROM reaped";
+SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed'),
+       count(*) FILTER (WHERE status NOT IN ('pending', 'failed')) FROM reaped"
+);
 
 /// One retention batch: finished rows last changed before now() - $1 ms,
 /// oldest first, at most $2, with their attempts and events. The scan walks
@@ -338,6 +385,13 @@ WHERE id = $1";
 const REPORT_EVENT: &str =
     "INSERT INTO sms_event (sms_id, from_status, to_status, reason) VALUES ($1, 'sent', $2, $3)";
 
+// A report before the send's outcome is kept on the row for RECORD; the
+// first one only, so a duplicate or a contrary one changes nothing.
+// $1 = id, $2 = status, $3 = the provider's status and code.
+const REPORT_KEEP: &str = "
+UPDATE sms SET early_report = $2, early_report_reason = $3
+WHERE id = $1 AND early_report IS NULL";
+
 #[async_trait]
 impl Backend for PgStore {
     type Row = PgRow;
@@ -348,6 +402,8 @@ impl Backend for PgStore {
         nulls_last: true,
     };
     const MIGRATIONS_TABLE: &'static str = "SELECT count(*) AS n FROM pg_tables WHERE tablename = '_sqlx_migrations' AND schemaname = current_schema()";
+    const SENT_BEFORE_WINDOW: &'static str =
+        "s.sent_at < now() - $1::bigint * interval '1 millisecond'";
     const DEMO_INSERT: &'static str = concat!(
         "INSERT",
         crate::store::demo_rows!(),
@@ -499,7 +555,7 @@ impl Leases for PgStore {
                     ..ReapReport::default()
                 });
             }
-            let (requeued, failed): (i64, i64) = sqlx::query_as(REAP)
+            let (requeued, failed, reported): (i64, i64, i64) = sqlx::query_as(REAP)
                 .bind(i64::from(max_attempts))
                 .bind(i64::from(limit))
                 .bind(guarantee == Guarantee::AtMostOnce)
@@ -509,6 +565,7 @@ impl Leases for PgStore {
             Ok(ReapReport {
                 requeued: u64::try_from(requeued).unwrap_or(0),
                 failed: u64::try_from(failed).unwrap_or(0),
+                reported: u64::try_from(reported).unwrap_or(0),
                 skipped: false,
             })
         })
@@ -571,6 +628,10 @@ impl Reports for PgStore {
                 sqlx::query(REPORT_EVENT)
                     .bind(report.sms_id)
                     .bind(to)
+                    .bind(&report.reason),
+                sqlx::query(REPORT_KEEP)
+                    .bind(report.sms_id)
+                    .bind(to)
                     .bind(&report.reason)
             )
         })
@@ -583,5 +644,13 @@ impl Reports for PgStore {
         provider_message_id: &str,
     ) -> Result<Option<(i64, u32)>, StoreError> {
         super::backend::attempt_by_provider_message_id(self, provider, provider_message_id).await
+    }
+
+    async fn overdue_reports(
+        &self,
+        providers: &[String],
+        window: Duration,
+    ) -> Result<u64, StoreError> {
+        super::backend::overdue_reports(self, providers, window).await
     }
 }

@@ -33,11 +33,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::backend::{Backend, DirectorySql};
 use super::batch::{
-    AttemptRef, EXPIRE_BATCH, OutcomeRow, apply_report, first_per_id, millis, parse_status,
-    record_report, report_target, sweep_expired, to_json,
+    AttemptRef, EXPIRE_BATCH, OutcomeRow, first_per_id, millis, parse_status, reap_reason,
+    record_report, sweep_expired, to_json,
 };
 use super::deadline;
 use super::query::{Arg, Style};
+use super::reports::{ReportTarget, apply_report, outcome_events, reap_events, report_target};
 use super::rows::ClaimedRows;
 use super::session;
 use super::{
@@ -190,29 +191,36 @@ FROM json_each(?1)";
 // The outcomes of a batch as rows: ?1 = JSON [OutcomeRow].
 // The WHERE clause is the fence: only a row still `sending` under this attempt
 // and this instance's lease changes; a stale write is left alone.
+// A delivery report kept on the row (migration 0010) decides its status: the
+// provider has the message, whatever this outcome says. RETURNING gives the
+// new status, so the events can say `sending -> sent -> final`.
 // ?2 = instance, ?3 = now.
 const RECORD: &str = "
 UPDATE sms SET
-    status = i.next_status,
+    status = COALESCE(sms.early_report, i.next_status),
     locked_by = NULL,
     lease_expires_at = NULL,
-    next_attempt_at = CASE WHEN i.next_status = 'pending' THEN ?3 + i.retry_ms
-                           ELSE sms.next_attempt_at END,
-    sent_at = CASE WHEN i.next_status = 'sent' THEN ?3 ELSE sms.sent_at END,
+    next_attempt_at = CASE WHEN i.next_status = 'pending' AND sms.early_report IS NULL
+                           THEN ?3 + i.retry_ms ELSE sms.next_attempt_at END,
+    sent_at = CASE WHEN i.next_status = 'sent' OR sms.early_report IS NOT NULL
+                   THEN ?3 ELSE sms.sent_at END,
+    delivered_at = CASE WHEN sms.early_report = 'delivered' THEN ?3 ELSE sms.delivered_at END,
     provider_message_id = COALESCE(i.provider_message_id, sms.provider_message_id),
     last_error = COALESCE(i.error, sms.last_error),
     segments = COALESCE(i.segments, sms.segments),
+    provider = COALESCE(i.provider, sms.provider),
     updated_at = ?3
 FROM (SELECT value ->> '$.id' AS id, value ->> '$.attempt' AS attempt,
              value ->> '$.next_status' AS next_status, value ->> '$.retry_ms' AS retry_ms,
              value ->> '$.provider_message_id' AS provider_message_id,
-             value ->> '$.error' AS error, value ->> '$.segments' AS segments
+             value ->> '$.error' AS error, value ->> '$.segments' AS segments,
+             value ->> '$.provider' AS provider
       FROM json_each(?1)) AS i
 WHERE sms.id = i.id
   AND sms.status = 'sending'
   AND sms.attempts = i.attempt
   AND sms.locked_by = ?2
-RETURNING sms.id";
+RETURNING sms.id, sms.early_report, sms.early_report_reason";
 
 // The attempt rows of a batch, run before RECORD (in its transaction), on
 // the rows that pass the same fence: the row as the claim left it gives the
@@ -238,11 +246,11 @@ ON CONFLICT (sms_id, attempt) DO UPDATE SET
     error = excluded.error,
     provider = excluded.provider";
 
-// Only the applied outcomes reach this one. ?1 = JSON [OutcomeRow], ?2 = now.
+// ?1 = JSON [batch::EventRow], inserted in array order (the reaper's too); ?2 = now.
 const RECORD_EVENTS: &str = "
 INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
-SELECT value ->> '$.id', 'sending', value ->> '$.next_status', value ->> '$.reason', ?2
-FROM json_each(?1)";
+SELECT value ->> '$.id', value ->> '$.from_status', value ->> '$.to_status', value ->> '$.reason', ?2
+FROM json_each(?1) ORDER BY key";
 
 // Rows the provider never took (shutdown, a paused or throttling provider):
 // back to `pending` as if never claimed.
@@ -301,29 +309,24 @@ RETURNING sms_id";
 
 // Then the rows REAP_ATTEMPTS picked. SET expressions read the row as it
 // was before the update, so `last_error` still sees `locked_by`. Under
-// at-most-once (?4 = 1) the row fails with `outcome unknown`.
+// at-most-once (?4 = 1) the row fails with `outcome unknown`. A row with a
+// delivery report kept (migration 0010) takes the report's final status.
 // ?1 = now, ?2 = max attempts, ?3 = JSON array of ids, ?4 = at-most-once.
 const REAP: &str = "
 UPDATE sms SET
-    status = CASE WHEN ?4 OR attempts >= ?2 THEN 'failed' ELSE 'pending' END,
+    status = CASE WHEN early_report IS NOT NULL THEN early_report
+                  WHEN ?4 OR attempts >= ?2 THEN 'failed' ELSE 'pending' END,
     last_error = CASE WHEN ?4 THEN 'outcome unknown: ' ELSE '' END
                  || 'lease of ' || locked_by || ' expired during attempt ' || attempts,
     next_attempt_at = ?1,
+    sent_at = CASE WHEN early_report IS NOT NULL THEN ?1 ELSE sent_at END,
+    delivered_at = CASE WHEN early_report = 'delivered' THEN ?1 ELSE delivered_at END,
     locked_by = NULL,
     lease_expires_at = NULL,
     updated_at = ?1
 WHERE id IN (SELECT value FROM json_each(?3))
   AND status = 'sending'
-RETURNING id, attempts, status, last_error";
-
-// ?1 = JSON array of ids, ?2 = now, ?3 = at-most-once.
-const REAP_EVENTS: &str = "
-INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
-SELECT id, 'sending', status,
-       CASE WHEN ?3 THEN last_error || '; not sent again (dispatch.guarantee = at-most-once)'
-            WHEN status = 'failed' THEN 'attempts exhausted: ' || last_error
-            ELSE last_error END, ?2
-FROM sms WHERE id IN (SELECT value FROM json_each(?1))";
+RETURNING id, attempts, status, last_error, early_report, early_report_reason";
 
 // One retention batch: finished rows last changed before ?1 (epoch ms),
 // oldest first, at most ?2. Walks the partial index sms_finished_idx
@@ -378,6 +381,13 @@ WHERE id = ?1";
 // Its event. ?1 = id, ?2 = status, ?3 = now, ?4 = the provider's status and code.
 const REPORT_EVENT: &str = "INSERT INTO sms_event (sms_id, from_status, to_status, occurred_at, reason) VALUES (?1, 'sent', ?2, ?3, ?4)";
 
+// A report before the send's outcome is kept on the row for RECORD; the
+// first one only, so a duplicate or a contrary one changes nothing.
+// ?1 = id, ?2 = status, ?3 = the provider's status and code.
+const REPORT_KEEP: &str = "
+UPDATE sms SET early_report = ?2, early_report_reason = ?3
+WHERE id = ?1 AND early_report IS NULL";
+
 #[async_trait]
 impl Backend for SqliteStore {
     type Row = SqliteRow;
@@ -388,6 +398,8 @@ impl Backend for SqliteStore {
         nulls_last: true,
     };
     const MIGRATIONS_TABLE: &'static str = "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'";
+    const SENT_BEFORE_WINDOW: &'static str =
+        "s.sent_at < CAST(round((julianday('now') - 2440587.5) * 86400000) AS INTEGER) - ?";
     const DEMO_INSERT: &'static str = concat!("INSERT OR IGNORE", crate::store::demo_rows!());
 
     async fn fetch(&self, sql: &str, args: &[Arg]) -> Result<Vec<SqliteRow>, StoreError> {
@@ -533,26 +545,33 @@ impl Queue for SqliteStore {
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
             let now = now_ms();
             let json = to_json(&rows)?;
+            // Before RECORD clears the lease columns it reads.
             sqlx::query(RECORD_ATTEMPTS)
                 .bind(&json)
                 .bind(instance)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-            let applied: Vec<i64> = sqlx::query_scalar(RECORD)
+            // (id, the report kept on the row and its reason): the rows that changed.
+            let applied: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as(RECORD)
                 .bind(&json)
                 .bind(instance)
                 .bind(now)
                 .fetch_all(&mut *tx)
                 .await?;
             if !applied.is_empty() {
-                let applied_ids: HashSet<i64> = applied.iter().copied().collect();
+                let applied_ids: HashSet<i64> = applied.iter().map(|(id, _, _)| *id).collect();
                 let applied_rows: Vec<&OutcomeRow> = rows
                     .iter()
                     .filter(|r| applied_ids.contains(&r.id))
                     .collect();
+                let kept = |id: i64| {
+                    applied.iter().find(|row| row.0 == id).and_then(|row| {
+                        Some((row.1.as_deref()?, row.2.as_deref().unwrap_or_default()))
+                    })
+                };
                 sqlx::query(RECORD_EVENTS)
-                    .bind(to_json(&applied_rows)?)
+                    .bind(to_json(&outcome_events(&applied_rows, kept))?)
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
@@ -660,21 +679,31 @@ impl Leases for SqliteStore {
                 .fetch_all(&mut *tx)
                 .await?;
             let mut report = ReapReport::default();
-            let mut ids = Vec::with_capacity(rows.len());
+            let mut read = Vec::with_capacity(rows.len());
             for row in &rows {
                 let id: i64 = row.try_get("id")?;
                 let status: String = row.try_get("status")?;
-                match parse_status(id, &status)? {
+                let last_error: String = row.try_get("last_error")?;
+                let early: Option<String> = row.try_get("early_report")?;
+                let early_reason: Option<String> = row.try_get("early_report_reason")?;
+                let parsed = parse_status(id, &status)?;
+                match parsed {
                     Status::Failed => report.failed += 1,
-                    _ => report.requeued += 1,
+                    Status::Pending => report.requeued += 1,
+                    _ => report.reported += 1,
                 }
-                ids.push(id);
+                read.push((id, parsed, last_error, early.zip(early_reason)));
             }
-            if !ids.is_empty() {
-                sqlx::query(REAP_EVENTS)
-                    .bind(to_json(&ids)?)
+            let mut events = Vec::with_capacity(read.len());
+            for (id, status, last_error, kept) in &read {
+                let kept = kept.as_ref().map(|(to, why)| (to.as_str(), why.as_str()));
+                let reason = reap_reason(at_most_once, *status == Status::Failed, last_error);
+                events.extend(reap_events(*id, status.as_str(), reason, last_error, kept));
+            }
+            if !events.is_empty() {
+                sqlx::query(RECORD_EVENTS)
+                    .bind(to_json(&events)?)
                     .bind(now)
-                    .bind(at_most_once)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -743,6 +772,10 @@ impl Reports for SqliteStore {
                     .bind(report.sms_id)
                     .bind(to)
                     .bind(now)
+                    .bind(&report.reason),
+                sqlx::query(REPORT_KEEP)
+                    .bind(report.sms_id)
+                    .bind(to)
                     .bind(&report.reason)
             )
         })
@@ -755,6 +788,14 @@ impl Reports for SqliteStore {
         provider_message_id: &str,
     ) -> Result<Option<(i64, u32)>, StoreError> {
         super::backend::attempt_by_provider_message_id(self, provider, provider_message_id).await
+    }
+
+    async fn overdue_reports(
+        &self,
+        providers: &[String],
+        window: Duration,
+    ) -> Result<u64, StoreError> {
+        super::backend::overdue_reports(self, providers, window).await
     }
 }
 

@@ -436,6 +436,7 @@ async fn the_reaper_requeues_expired_leases(db: TestStore) {
         ReapReport {
             requeued: 1,
             failed: 0,
+            reported: 0,
             skipped: false
         }
     );

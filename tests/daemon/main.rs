@@ -817,6 +817,86 @@ async fn after_a_sigkill_another_instance_sends_again_within_lease_and_reaper_in
     assert_eq!(requests().await, 2, "sent once more, not more");
 }
 
+/// A SIGKILL mid-burn-down: of what the provider received, at most the sends
+/// in flight at that moment plus one outcome group is not recorded (and so
+/// may be sent again). The kill comes 70-odd messages into the second claim
+/// of 100, where a dispatcher that records a whole claim at once would leave
+/// all of those unrecorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_mid_burn_down_leaves_at_most_the_sends_in_flight_and_one_group_unrecorded() {
+    const CONCURRENCY: usize = 4;
+    // The group being written plus what finished meanwhile: at 4 sends per
+    // 20 ms, one or two per millisecond-long write, about 30 when a loaded
+    // machine makes a write take 150 ms.
+    const GROUP: usize = 32;
+    let db = TestDb::new().await;
+    let provider = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(AcceptAfter20ms)
+        .mount(&provider)
+        .await;
+    sqlx::query(
+        "INSERT INTO sms (client_id, mobile_no, message)
+         SELECT g, '+2547' || lpad(g::text, 8, '0'), 'message ' || g FROM generate_series(1, 1000) g",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut daemon = smsrelay()
+        .arg("run")
+        .env("SMSRELAY_DATABASE__URL", &db.url)
+        .env("SMSRELAY_API__LISTEN", "127.0.0.1:0")
+        .env("SMSRELAY_PROVIDER__KIND", "webhook")
+        .env("SMSRELAY_PROVIDER__WEBHOOK__URL", provider.uri())
+        .env("SMSRELAY_VALIDATION__DEFAULT_REGION", "KE")
+        .env("SMSRELAY_DISPATCH__CONCURRENCY", CONCURRENCY.to_string())
+        .env("SMSRELAY_DISPATCH__BATCH_SIZE", "100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start smsrelay");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while provider.received_requests().await.unwrap_or_default().len() < 170 {
+        assert!(std::time::Instant::now() < deadline, "the daemon sends");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    daemon.kill().expect("SIGKILL");
+    daemon.wait().unwrap();
+
+    let received: std::collections::HashSet<i64> =
+        received_ids(&provider).await.into_iter().collect();
+    let sent: Vec<i64> = sqlx::query_scalar("SELECT id FROM sms WHERE status = 'sent'")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let unrecorded = received.len() - sent.iter().filter(|id| received.contains(id)).count();
+    eprintln!(
+        "SIGKILL after {} sends: {} recorded, {unrecorded} received but not recorded",
+        received.len(),
+        sent.len()
+    );
+    assert_eq!(
+        sent.len(),
+        received.len() - unrecorded,
+        "nothing recorded unsent"
+    );
+    assert!(
+        unrecorded <= CONCURRENCY + GROUP,
+        "{unrecorded} sent but unrecorded: more than {CONCURRENCY} in flight + a group of {GROUP}"
+    );
+}
+
+/// Accepts like [`AcceptWithId`] after 20 ms: a steady set of sends in flight.
+struct AcceptAfter20ms;
+
+impl wiremock::Respond for AcceptAfter20ms {
+    fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
+        AcceptWithId
+            .respond(request)
+            .set_delay(Duration::from_millis(20))
+    }
+}
+
 /// The `# [provider.<name>]` block of the reference config: up to the next section.
 fn reference_block(name: &str) -> String {
     let reference =

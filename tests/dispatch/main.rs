@@ -35,6 +35,7 @@ macro_rules! on_every_backend {
 mod ambiguous;
 mod db_errors;
 mod lease;
+mod pipeline;
 mod provider_health;
 mod routing;
 

@@ -559,3 +559,108 @@ async fn kannels_delivery_reports_drive_messages_to_delivered() {
     assert_eq!(db.status(id).await, "delivered");
     stop.cancel();
 }
+
+/// The report Kannel sends while smsbox has not answered our sendsms yet
+/// (the SMSC was quicker than the HTTP reply): answered 200 at once, kept,
+/// and applied when the dispatcher records the send's outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_that_beats_the_send_outcome_is_kept_and_applied() {
+    // smsbox answers after 2 s: the report arrives while the row is `sending`.
+    let smsbox = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/cgi-bin/sendsms"))
+        .respond_with(
+            ResponseTemplate::new(202)
+                .set_body_string("0: Accepted for delivery")
+                .set_delay(Duration::from_secs(2)),
+        )
+        .mount(&smsbox)
+        .await;
+    let db = TestDb::new().await;
+    let mut config = test_config(&db, "http://127.0.0.1:9/unused");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    config.api.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    config.provider.kind = ProviderKind::Kannel;
+    config.provider.kannel = Some(KannelSettings {
+        dlr_url_base: Some(base.clone()),
+        ..settings(&format!("{}/cgi-bin/sendsms", smsbox.uri()))
+    });
+    config.validate().expect("valid kannel config");
+    let provider = config.provider.build().unwrap();
+    let app = smsrelay::app::Application::from_parts(&config, db.store(), provider)
+        .with_api(&config)
+        .unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(stop.clone()));
+
+    let id = db.insert(1, "+254712345678", "early report").await;
+    let asked = eventually(Duration::from_secs(10), || async {
+        !smsbox
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    })
+    .await;
+    assert!(asked, "smsbox never asked");
+    // The dlr-url exactly as Kannel got it, with the report type filled in.
+    let dlr_url = only_query(&smsbox).await["dlr-url"].replace("%d", "1");
+    assert_eq!(db.status(id).await, "sending");
+    let http = reqwest::Client::new();
+    let answer = http.get(&dlr_url).send().await.unwrap();
+    assert_eq!(
+        answer.status().as_u16(),
+        200,
+        "kept, so Kannel need not retry"
+    );
+    assert_eq!(
+        db.status(id).await,
+        "sending",
+        "applied only with the outcome"
+    );
+    // Kannel retries it anyway: still 200, nothing more happens.
+    assert_eq!(
+        http.get(&dlr_url).send().await.unwrap().status().as_u16(),
+        200
+    );
+
+    let delivered = eventually(Duration::from_secs(10), || async {
+        db.status(id).await == "delivered"
+    })
+    .await;
+    assert!(delivered, "{}", db.status(id).await);
+    assert_eq!(
+        db.transitions(id).await,
+        [
+            ("pending".to_owned(), "sending".to_owned()),
+            ("sending".to_owned(), "sent".to_owned()),
+            ("sent".to_owned(), "delivered".to_owned()),
+        ]
+    );
+    let sms = smsrelay::store::Messages::get(&*db.store, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(sms.sent_at.is_some() && sms.delivered_at.is_some());
+
+    // After the fact: a duplicate changes nothing; one for a message we never
+    // had is answered 200 so that Kannel stops, and changes nothing.
+    assert_eq!(
+        http.get(&dlr_url).send().await.unwrap().status().as_u16(),
+        200
+    );
+    let unknown = dlr_url.replace(&format!("sms_id={id}"), "sms_id=999999");
+    assert_ne!(unknown, dlr_url);
+    assert_eq!(
+        http.get(&unknown).send().await.unwrap().status().as_u16(),
+        200
+    );
+    assert_eq!(db.transitions(id).await.len(), 3);
+    assert_eq!(db.count("delivered").await, 1);
+    stop.cancel();
+}

@@ -41,8 +41,12 @@ pub struct ProviderRequest {
     pub instance: u32,
     pub generation: u32,
     pub sms_id: i64,
+    /// `X-Smsrelay-Attempt`: a message released unspent (after a 429) is
+    /// resent with the same number.
     pub attempt: i64,
-    /// Unix milliseconds when the request was read, and when the provider answered.
+    /// Which request for this message this was (1 for the first): what the answer was drawn for.
+    pub nth: u32,
+    /// Unix milliseconds when the request was read.
     pub received_ms: i64,
     pub behaviour: Behaviour,
 }
@@ -138,6 +142,21 @@ pub enum Violation {
     SentButNotTaken {
         sms_id: i64,
     },
+    AttemptReused {
+        sms_id: i64,
+        attempt: i64,
+        behaviour: Behaviour,
+    },
+    ThrottleSpentAttempt {
+        sms_id: i64,
+        attempt: i64,
+        outcome: String,
+    },
+    AcceptedWithoutA200 {
+        sms_id: i64,
+        attempt: i64,
+        behaviour: Option<Behaviour>,
+    },
     RetriedDuringRetryAfter {
         sms_id: i64,
         attempt: i64,
@@ -205,13 +224,43 @@ impl fmt::Display for Violation {
             SentButNotTaken { sms_id } => {
                 write!(f, "sms {sms_id}: recorded sent, the provider never took it")
             }
+            AttemptReused {
+                sms_id,
+                attempt,
+                behaviour,
+            } => write!(
+                f,
+                "sms {sms_id}: attempt {attempt} reached the provider again after it answered {behaviour:?} (only a 429 hands an attempt back unspent)"
+            ),
+            ThrottleSpentAttempt {
+                sms_id,
+                attempt,
+                outcome,
+            } => write!(
+                f,
+                "sms {sms_id}: attempt {attempt} was answered 429 and recorded {outcome} (a 429 is handed back unspent)"
+            ),
+            AcceptedWithoutA200 {
+                sms_id,
+                attempt,
+                behaviour,
+            } => match behaviour {
+                Some(b) => write!(
+                    f,
+                    "sms {sms_id}: attempt {attempt} recorded accepted, the provider answered {b:?}"
+                ),
+                None => write!(
+                    f,
+                    "sms {sms_id}: attempt {attempt} recorded accepted, the provider never got it"
+                ),
+            },
             RetriedDuringRetryAfter {
                 sms_id,
                 attempt,
                 early_ms,
             } => write!(
                 f,
-                "sms {sms_id}: attempt {attempt} reached the provider {early_ms} ms before the Retry-After of a 429 ended"
+                "sms {sms_id}: attempt {attempt} reached the provider again from the process that got its 429, {early_ms} ms before the Retry-After ended"
             ),
             InstanceSentWhilePaused {
                 instance,
@@ -263,6 +312,8 @@ pub fn judge(evidence: &Evidence, rules: &Rules) -> Verdict {
     transitions(evidence, v);
     attempts(evidence, rules, v);
     sends_recorded(evidence, v);
+    released_unspent(evidence, v);
+    acceptances(evidence, v);
     retry_after_per_message(evidence, v);
     retry_after_per_instance(evidence, v);
     duplicates(evidence, rules, &mut verdict);
@@ -362,7 +413,9 @@ fn attempts(e: &Evidence, rules: &Rules, v: &mut Vec<Violation>) {
     }
 }
 
-/// Every request the provider got is an attempt the database recorded.
+/// Every request the provider got is an attempt the database recorded (for
+/// a 429 handed back unspent, the row of its number is the resend's: see
+/// [`released_unspent`]); nothing is `sent` that the provider did not take.
 fn sends_recorded(e: &Evidence, v: &mut Vec<Violation>) {
     let recorded: std::collections::HashSet<(i64, i64)> =
         e.attempts.iter().map(|a| (a.sms_id, a.attempt)).collect();
@@ -394,22 +447,104 @@ fn outcome_of(e: &Evidence, sms_id: i64, attempt: i64) -> Option<&str> {
         .and_then(|a| a.outcome.as_deref())
 }
 
-/// A 429 with Retry-After R to attempt k of a message, recorded as
-/// `transient`: no later attempt of that message reaches the provider
-/// before R has passed. (An attempt whose 429 was never recorded, because
-/// the instance died first, is abandoned and exempt: nobody read the R.)
+/// The requests for each (message, attempt number), in the order the provider read them.
+fn requests_by_attempt(e: &Evidence) -> BTreeMap<(i64, i64), Vec<&ProviderRequest>> {
+    let mut by_attempt: BTreeMap<(i64, i64), Vec<&ProviderRequest>> = BTreeMap::new();
+    for r in &e.requests {
+        by_attempt.entry((r.sms_id, r.attempt)).or_default().push(r);
+    }
+    for requests in by_attempt.values_mut() {
+        requests.sort_by_key(|r| (r.received_ms, r.nth));
+    }
+    by_attempt
+}
+
+/// A 429 hands the message back to `pending` with its attempt undone: its
+/// attempt row is deleted and the next send carries the same attempt number.
+/// So a number may reach the provider again only after a 429 (any other
+/// answer spends it: an attempt sent twice under one number is an attempt
+/// the daemon undid after the provider may have taken it). And a 429 that is
+/// the last request of its number has a row only if the daemon never got to
+/// hand it back (killed or stalled past the lease: `abandoned`); any other
+/// outcome means the 429 was recorded as an attempt.
+fn released_unspent(e: &Evidence, v: &mut Vec<Violation>) {
+    for ((sms_id, attempt), requests) in requests_by_attempt(e) {
+        let (last, earlier) = requests
+            .split_last()
+            .expect("grouped requests are never empty");
+        for r in earlier {
+            if !matches!(r.behaviour, Behaviour::Throttle { .. }) {
+                v.push(Violation::AttemptReused {
+                    sms_id,
+                    attempt,
+                    behaviour: r.behaviour,
+                });
+            }
+        }
+        if matches!(last.behaviour, Behaviour::Throttle { .. })
+            && let Some(outcome) = outcome_of(e, sms_id, attempt)
+            && !matches!(outcome, "abandoned" | "interrupted")
+        {
+            v.push(Violation::ThrottleSpentAttempt {
+                sms_id,
+                attempt,
+                outcome: outcome.into(),
+            });
+        }
+    }
+}
+
+/// An attempt recorded `accepted` is the last request of its number, and the
+/// provider answered it 200: at once, after the timeout (a daemon slowed by
+/// the load may still read that one), or a 200's head without its body (the
+/// webhook provider takes the status line as the answer; the body, with the
+/// provider's id, is optional). Never a 429, a 500 or a reset.
+fn acceptances(e: &Evidence, v: &mut Vec<Violation>) {
+    let by_attempt = requests_by_attempt(e);
+    for a in &e.attempts {
+        if a.outcome.as_deref() != Some("accepted") {
+            continue;
+        }
+        let last = by_attempt
+            .get(&(a.sms_id, a.attempt))
+            .and_then(|requests| requests.last())
+            .map(|r| r.behaviour);
+        if !matches!(
+            last,
+            Some(Behaviour::Accept | Behaviour::Slow | Behaviour::AcceptThenHang)
+        ) {
+            v.push(Violation::AcceptedWithoutA200 {
+                sms_id: a.sms_id,
+                attempt: a.attempt,
+                behaviour: last,
+            });
+        }
+    }
+}
+
+/// A 429 with Retry-After R to a message: the process that read it does not
+/// send that message again before R has passed (the message went back to
+/// `pending` unspent and its process's gate is paused; no slack for
+/// requests in flight, since the 429 was this message's own request).
+///
+/// Other processes are not bound, unlike before the routing change, when a
+/// 429 was a `transient` attempt and the row's `next_attempt_at` held the
+/// Retry-After for every instance: now the row is released with no delay (so
+/// another provider, with failover, or another instance can take it at
+/// once) and the pause lives in the gate, per instance and in memory
+/// (README "Provider health and failover"). Checking other processes against
+/// it would test a promise the daemon does not make.
 fn retry_after_per_message(e: &Evidence, v: &mut Vec<Violation>) {
     for throttled in &e.requests {
         let Behaviour::Throttle { secs } = throttled.behaviour else {
             continue;
         };
-        if outcome_of(e, throttled.sms_id, throttled.attempt) != Some("transient") {
-            continue;
-        }
         let until = throttled.received_ms + secs as i64 * 1000;
         for later in &e.requests {
             if later.sms_id == throttled.sms_id
-                && later.attempt > throttled.attempt
+                && later.instance == throttled.instance
+                && later.generation == throttled.generation
+                && later.nth > throttled.nth
                 && later.received_ms + CLOCK_SLACK_MS < until
             {
                 v.push(Violation::RetriedDuringRetryAfter {
@@ -459,7 +594,8 @@ fn retry_after_per_instance(e: &Evidence, v: &mut Vec<Violation>) {
 }
 
 /// Duplicates: every time the provider took a message after it had taken it
-/// once. At-least-once: never more for a message than its ambiguous
+/// once. Only takes count (a 200, or an answer the daemon could not read:
+/// [`Behaviour::taken`]): a 429 or a 500 is no delivery. At-least-once: never more for a message than its ambiguous
 /// attempts, and duplicates after abandoned attempts (crashes, stops past the
 /// lease) at most `concurrency` per disruption. At-most-once: none at all.
 fn duplicates(e: &Evidence, rules: &Rules, verdict: &mut Verdict) {
@@ -540,12 +676,14 @@ mod tests {
         }
     }
 
+    /// The provider's nth request for a message is its attempt number, unless a test says otherwise.
     fn request(sms_id: i64, attempt: i64, at: i64, behaviour: Behaviour) -> ProviderRequest {
         ProviderRequest {
             instance: 0,
             generation: 0,
             sms_id,
             attempt,
+            nth: attempt as u32,
             received_ms: at,
             behaviour,
         }
@@ -747,45 +885,136 @@ mod tests {
         e.requests[2].behaviour = Behaviour::ServerError;
         assert_eq!(
             violations(&e, &RULES),
-            vec![Violation::SentButNotTaken { sms_id: 1 }]
+            vec![
+                Violation::SentButNotTaken { sms_id: 1 },
+                Violation::AcceptedWithoutA200 {
+                    sms_id: 1,
+                    attempt: 2,
+                    behaviour: Some(Behaviour::ServerError)
+                }
+            ]
         );
+    }
+
+    #[test]
+    fn accepted_after_a_lost_answer_or_no_request_is_caught() {
+        let mut e = clean();
+        // The provider reset the connection: the daemon cannot have read a 200.
+        e.requests[3].behaviour = Behaviour::Reset;
+        assert_eq!(
+            violations(&e, &RULES),
+            vec![Violation::AcceptedWithoutA200 {
+                sms_id: 2,
+                attempt: 2,
+                behaviour: Some(Behaviour::Reset)
+            }]
+        );
+        // A 200's head without its body is an answer the webhook accepts.
+        e.requests[3].behaviour = Behaviour::AcceptThenHang;
+        assert_eq!(violations(&e, &RULES), vec![]);
+        let mut e = clean();
+        e.requests.remove(3);
+        let found = violations(&e, &RULES);
+        assert!(found.contains(&Violation::AcceptedWithoutA200 {
+            sms_id: 2,
+            attempt: 2,
+            behaviour: None
+        }));
+    }
+
+    /// `clean()`, but message 1's first send is answered 429 (Retry-After
+    /// `secs`) instead of 500, so it goes back unspent: no attempt row, and
+    /// the resend at `retry_at` carries attempt number 1 again.
+    fn throttled(secs: u64, retry_at: i64) -> Evidence {
+        let mut e = clean();
+        e.messages[0].attempts = 1;
+        e.attempts.remove(0);
+        e.attempts[0].attempt = 1;
+        e.requests[0].behaviour = Behaviour::Throttle { secs };
+        e.requests[2].attempt = 1;
+        e.requests[2].received_ms = retry_at;
+        // Message 2's retry comes after the pause, from the same process.
+        e.requests[3].received_ms = 1_000 + secs as i64 * 1000 + 500;
+        e
+    }
+
+    #[test]
+    fn a_429_handed_back_unspent_passes() {
+        assert_eq!(violations(&throttled(2, 3_000), &RULES), vec![]);
     }
 
     #[test]
     fn a_retry_before_the_retry_after_is_caught_and_one_after_it_is_not() {
+        // The same process resent message 1 at 1.8 s, 0.8 s after its 429 said 2 s.
+        let e = throttled(2, 1_800);
+        assert_eq!(
+            violations(&e, &RULES),
+            vec![Violation::RetriedDuringRetryAfter {
+                sms_id: 1,
+                attempt: 1,
+                early_ms: 1_200
+            }]
+        );
+        // Another process's gate did not read that 429 (the gate is per instance).
+        let mut other = e.clone();
+        other.requests[2].generation = 1;
+        assert_eq!(violations(&other, &RULES), vec![]);
+        assert_eq!(violations(&throttled(2, 3_000), &RULES), vec![]);
+    }
+
+    #[test]
+    fn a_429_recorded_as_an_attempt_is_caught() {
+        // As before routing: the 429 spent attempt 1 (`transient`) and the resend was attempt 2.
         let mut e = clean();
         e.requests[0].behaviour = Behaviour::Throttle { secs: 2 };
-        // The retry came 1 s after the 429 of attempt 1, which said 2 s.
-        let found = violations(&e, &RULES);
-        assert!(found.contains(&Violation::RetriedDuringRetryAfter {
-            sms_id: 1,
-            attempt: 2,
-            early_ms: 1_000
-        }));
-        e.requests[2].received_ms = 3_000;
-        e.requests[3].received_ms = 3_000;
+        e.requests[2].received_ms = 3_500;
+        e.requests[3].received_ms = 3_500;
+        assert_eq!(
+            violations(&e, &RULES),
+            vec![Violation::ThrottleSpentAttempt {
+                sms_id: 1,
+                attempt: 1,
+                outcome: "transient".into()
+            }]
+        );
+        // A 429 the daemon died before handing back is the reaper's `abandoned`: no violation.
+        e.attempts[0].outcome = Some("abandoned".into());
         assert_eq!(violations(&e, &RULES), vec![]);
     }
 
     #[test]
-    fn an_abandoned_429_does_not_bind_the_retry() {
-        let mut e = clean();
-        e.requests[0].behaviour = Behaviour::Throttle { secs: 2 };
-        e.attempts[0].outcome = Some("abandoned".into());
-        assert!(
-            !violations(&e, &RULES)
-                .iter()
-                .any(|v| matches!(v, Violation::RetriedDuringRetryAfter { .. }))
+    fn an_attempt_number_sent_again_after_anything_but_a_429_is_caught() {
+        // Message 1's 500 was handed back unspent: its resend reused attempt 1.
+        let mut e = throttled(2, 3_000);
+        e.requests[0].behaviour = Behaviour::ServerError;
+        assert_eq!(
+            violations(&e, &RULES),
+            vec![Violation::AttemptReused {
+                sms_id: 1,
+                attempt: 1,
+                behaviour: Behaviour::ServerError
+            }]
         );
+        // A hang (taken) handed back unspent: a duplicate no ambiguous attempt explains, too.
+        e.requests[0].behaviour = Behaviour::AcceptThenHang;
+        let found = violations(&e, &RULES);
+        assert!(found.contains(&Violation::AttemptReused {
+            sms_id: 1,
+            attempt: 1,
+            behaviour: Behaviour::AcceptThenHang
+        }));
+        assert!(found.contains(&Violation::Duplicate {
+            sms_id: 1,
+            taken: 2,
+            ambiguous: 0
+        }));
     }
 
     #[test]
     fn an_instance_sending_during_its_own_pause_is_caught() {
-        let mut e = clean();
-        e.requests[0].behaviour = Behaviour::Throttle { secs: 3 };
-        // Message 2's retry at 2 s came from the same process, 1 s into the 3 s pause.
+        let mut e = throttled(3, 4_000);
+        // Message 2's retry at 2.5 s came from the same process, 1.5 s into the 3 s pause.
         e.requests[3].received_ms = 2_500;
-        e.requests[2].received_ms = 4_000;
         assert_eq!(
             violations(&e, &RULES),
             vec![Violation::InstanceSentWhilePaused {

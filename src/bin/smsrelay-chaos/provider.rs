@@ -1,7 +1,8 @@
 //! The faulty provider: a loopback HTTP server speaking the webhook
-//! provider's protocol, answering each (message, attempt) as the seed says
-//! and recording every request it read.
+//! provider's protocol, answering the nth request it reads for each message
+//! as the seed says, and recording every request it read.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use crate::seeded::{Behaviour, behaviour};
 /// A running faulty provider.
 pub struct FaultyProvider {
     pub port: u16,
-    log: Arc<Mutex<Vec<ProviderRequest>>>,
+    log: Arc<Mutex<Log>>,
     stop: CancellationToken,
 }
 
@@ -27,7 +28,7 @@ impl FaultyProvider {
             .await
             .context("faulty provider: bind 127.0.0.1")?;
         let port = listener.local_addr()?.port();
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(Log::default()));
         let stop = CancellationToken::new();
         let server = Server {
             seed,
@@ -58,7 +59,11 @@ impl FaultyProvider {
 
     /// Every request read so far.
     pub fn requests(&self) -> Vec<ProviderRequest> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .requests
+            .clone()
     }
 }
 
@@ -68,11 +73,37 @@ impl Drop for FaultyProvider {
     }
 }
 
+/// Every request read, and how many each message has had (its next draw).
+#[derive(Default)]
+struct Log {
+    requests: Vec<ProviderRequest>,
+    seen: HashMap<i64, u32>,
+}
+
+impl Log {
+    /// Logs `request` and draws its answer: the nth request for a message gets the nth draw.
+    fn answer(&mut self, seed: u64, request: &Request) -> Behaviour {
+        let nth = self.seen.entry(request.sms_id).or_default();
+        *nth += 1;
+        let behaviour = behaviour(seed, request.sms_id, *nth);
+        self.requests.push(ProviderRequest {
+            instance: request.instance,
+            generation: request.generation,
+            sms_id: request.sms_id,
+            attempt: request.attempt,
+            nth: *nth,
+            received_ms: crate::now_ms(),
+            behaviour,
+        });
+        behaviour
+    }
+}
+
 #[derive(Clone)]
 struct Server {
     seed: u64,
     timeout: Duration,
-    log: Arc<Mutex<Vec<ProviderRequest>>>,
+    log: Arc<Mutex<Log>>,
 }
 
 /// What the provider needs of one request.
@@ -96,18 +127,11 @@ impl Server {
                     return;
                 }
             };
-            let behaviour = behaviour(self.seed, request.sms_id, request.attempt as u32);
-            self.log
+            let behaviour = self
+                .log
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(ProviderRequest {
-                    instance: request.instance,
-                    generation: request.generation,
-                    sms_id: request.sms_id,
-                    attempt: request.attempt,
-                    received_ms: crate::now_ms(),
-                    behaviour,
-                });
+                .answer(self.seed, &request);
             let id = format!(r#"{{"id":"chaos-{}-{}"}}"#, request.sms_id, request.attempt);
             let answered = match behaviour {
                 Behaviour::Accept => respond(&mut stream, 200, &[], &id).await,
@@ -229,4 +253,41 @@ fn parse_path(path: &str) -> Option<(u32, u32)> {
     let rest = path.strip_prefix("/sms/")?;
     let (instance, generation) = rest.split_once('/')?;
     Some((instance.parse().ok()?, generation.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(sms_id: i64, attempt: i64) -> Request {
+        Request {
+            instance: 0,
+            generation: 0,
+            sms_id,
+            attempt,
+        }
+    }
+
+    #[test]
+    fn a_message_resent_after_a_429_with_the_same_attempt_gets_a_fresh_draw() {
+        let seed = 1;
+        // A message whose first request draws a 429 and whose second does not.
+        let sms_id = (1..10_000)
+            .find(|&id| {
+                matches!(behaviour(seed, id, 1), Behaviour::Throttle { .. })
+                    && !matches!(behaviour(seed, id, 2), Behaviour::Throttle { .. })
+            })
+            .expect("some message draws a 429 first");
+        let mut log = Log::default();
+        let first = log.answer(seed, &request(sms_id, 1));
+        assert!(matches!(first, Behaviour::Throttle { .. }));
+        // The daemon hands a 429 back unspent: the resend carries attempt 1 again.
+        let second = log.answer(seed, &request(sms_id, 1));
+        assert!(!matches!(second, Behaviour::Throttle { .. }));
+        let nths: Vec<u32> = log.requests.iter().map(|r| r.nth).collect();
+        assert_eq!(nths, vec![1, 2]);
+        // Another message's count is its own.
+        log.answer(seed, &request(sms_id + 1, 1));
+        assert_eq!(log.requests[2].nth, 1);
+    }
 }

@@ -1,7 +1,7 @@
 //! Everything the seed decides, as pure functions: what the provider answers
-//! to each (message, attempt), and the fault schedule. The same seed gives the
-//! same answers and the same faults at the same offsets; only the daemons'
-//! own timing differs between runs.
+//! to the nth request it reads for each message, and the fault schedule. The
+//! same seed gives the same answers and the same faults at the same offsets;
+//! only the daemons' own timing differs between runs.
 
 use std::time::Duration;
 
@@ -42,14 +42,17 @@ impl Behaviour {
     }
 }
 
-/// The provider's answer to attempt `attempt` of message `sms_id`: fixed by
-/// the seed, whichever instance sends it and whenever.
-pub fn behaviour(seed: u64, sms_id: i64, attempt: u32) -> Behaviour {
-    let roll = mix(seed ^ mix(sms_id as u64) ^ mix(u64::from(attempt) << 40));
+/// The provider's answer to the `nth` request (1 for the first) it reads for
+/// message `sms_id`: fixed by the seed, whichever instance sends it and
+/// whenever. Keyed by the request, not by `X-Smsrelay-Attempt`: a 429 hands
+/// the message back with its attempt undone, so the retry carries the same
+/// attempt number and must get a fresh draw, or a 429 would repeat for ever.
+pub fn behaviour(seed: u64, sms_id: i64, nth: u32) -> Behaviour {
+    let roll = mix(seed ^ mix(sms_id as u64) ^ mix(u64::from(nth) << 40));
     match roll % 100 {
         0..=66 => Behaviour::Accept,
         67..=76 => Behaviour::ServerError,
-        // Rare: every 429 pauses the whole instance that got it.
+        // Rare: every 429 pauses the whole instance that got it for 2-3 s.
         77..=78 => Behaviour::Throttle {
             secs: 2 + (roll >> 32) % 2,
         },
@@ -193,5 +196,27 @@ mod tests {
         assert!(all.contains(&Behaviour::Slow));
         assert!(all.contains(&Behaviour::Reset));
         assert!(all.contains(&Behaviour::AcceptThenHang));
+    }
+
+    #[test]
+    fn a_429_is_followed_by_a_fresh_draw() {
+        // The daemon resends a throttled message with the same attempt
+        // number; the provider's next request for it must not be bound to 429.
+        let throttled: Vec<i64> = (1..5000)
+            .filter(|&id| matches!(behaviour(5, id, 1), Behaviour::Throttle { .. }))
+            .collect();
+        assert!(!throttled.is_empty());
+        for id in throttled {
+            let next =
+                (2..20).find(|&nth| !matches!(behaviour(5, id, nth), Behaviour::Throttle { .. }));
+            assert!(next.is_some(), "sms {id}: 19 429s in a row");
+        }
+        let repeats = (1..5000)
+            .filter(|&id| {
+                matches!(behaviour(5, id, 1), Behaviour::Throttle { .. })
+                    && matches!(behaviour(5, id, 2), Behaviour::Throttle { .. })
+            })
+            .count();
+        assert!(repeats < 10, "{repeats} messages got two 429s in a row");
     }
 }
