@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use smsrelay::domain::NextState;
 use smsrelay::domain::outcome::Guarantee::{AtLeastOnce, AtMostOnce};
+use smsrelay::domain::report::{DeliveryReport, ReportApplied, ReportOutcome};
 
 use crate::backends::{TestStore, int, text, time};
 use crate::{close, ids, outcome};
@@ -16,6 +17,7 @@ conformance!(
     a_crashed_attempt_ends_with_an_abandoned_row_and_its_events,
     a_crashed_attempt_under_at_most_once_ends_abandoned_and_failed,
     an_attempt_row_from_an_older_claim_is_completed_not_doubled,
+    an_early_report_and_a_renewal_leave_the_attempt_start_at_the_claim,
 );
 
 /// Rows of `sms_attempt` for `id`, as stored (not the in-progress view).
@@ -209,5 +211,96 @@ async fn an_attempt_row_from_an_older_claim_is_completed_not_doubled(db: TestSto
             started,
             Duration::from_secs(1)
         ));
+    }
+}
+
+/// The attempt's start is read from `sms.updated_at` as the claim left it:
+/// a delivery report kept on the row and a lease renewal in between must
+/// not move it, whether the outcome or the reaper writes the row.
+async fn an_early_report_and_a_renewal_leave_the_attempt_start_at_the_claim(db: TestStore) {
+    // Longer than any clock skew the comparison allows, so a moved start shows.
+    const PAUSE: Duration = Duration::from_millis(300);
+    let recorded = db.insert(1, "+254712345678", "recorded").await;
+    let reaped = db.insert(1, "+254712345679", "reaped").await;
+    db.store
+        .claim("node-a", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    db.store
+        .claim("crashed-node", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut claimed_at = Vec::new();
+    for id in [recorded, reaped] {
+        claimed_at.push(db.store.get(id).await.unwrap().unwrap().updated_at);
+    }
+    tokio::time::sleep(PAUSE).await;
+    for id in [recorded, reaped] {
+        let early = db
+            .store
+            .apply_delivery_report(&DeliveryReport {
+                sms_id: id,
+                attempt: 1,
+                outcome: ReportOutcome::Delivered,
+                reason: "provider status DELIVRD, error 000".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(early, ReportApplied::Early, "sms {id}");
+    }
+    tokio::time::sleep(PAUSE).await;
+    assert_eq!(
+        db.store
+            .renew("node-a", &[(recorded, 1)], Duration::from_secs(60))
+            .await
+            .unwrap(),
+        1
+    );
+    // The crashed node's last renewal: a lease that is over at once.
+    assert_eq!(
+        db.store
+            .renew("crashed-node", &[(reaped, 1)], Duration::from_millis(1))
+            .await
+            .unwrap(),
+        1
+    );
+    tokio::time::sleep(PAUSE).await;
+    let in_progress = db.store.attempts(recorded).await.unwrap();
+    assert!(
+        close(
+            in_progress[0].started_at,
+            claimed_at[0],
+            Duration::from_millis(5)
+        ),
+        "in progress, started at the claim: {} vs {}",
+        in_progress[0].started_at,
+        claimed_at[0]
+    );
+
+    let report = db
+        .store
+        .record_outcomes("node-a", &[outcome(recorded, 1, NextState::Sent)])
+        .await
+        .unwrap();
+    assert_eq!(report.applied, 1);
+    let reap = db
+        .store
+        .reap_expired_leases(8, AtLeastOnce, 100)
+        .await
+        .unwrap();
+    assert_eq!(reap.reported, 1);
+    for ((id, expected), claimed) in [(recorded, "accepted"), (reaped, "abandoned")]
+        .into_iter()
+        .zip(claimed_at)
+    {
+        assert_eq!(db.status(id).await, "delivered", "sms {id}");
+        assert_eq!(stored_attempts(&db, id).await, 1, "sms {id}");
+        let attempts = db.store.attempts(id).await.unwrap();
+        assert_eq!(attempts[0].outcome.as_deref(), Some(expected));
+        assert!(
+            close(attempts[0].started_at, claimed, Duration::from_millis(5)),
+            "sms {id} started at the claim: {} vs {claimed}",
+            attempts[0].started_at
+        );
     }
 }
