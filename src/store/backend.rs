@@ -161,13 +161,27 @@ impl<B: Backend> Messages for B {
     }
 
     async fn attempts(&self, id: i64) -> Result<Vec<AttemptRecord>, StoreError> {
-        let sql = by_key::<B>(
-            ATTEMPT_COLUMNS,
-            "sms_attempt",
-            "sms_id",
-            " ORDER BY attempt",
+        let p = B::STYLE.placeholder;
+        // An attempt's row is written at its outcome (or by the reaper): the
+        // one in progress is read from the lease columns of `sms`, where the
+        // claim left its instance and, in `updated_at`, its start. The NOT
+        // EXISTS keeps a row an older smsrelay wrote at the claim (a
+        // rolling upgrade) from showing twice.
+        let sql = format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM sms_attempt WHERE sms_id = {} \
+             UNION ALL \
+             SELECT attempts AS attempt, locked_by AS instance, updated_at AS started_at, \
+                    NULL AS finished_at, NULL AS outcome, NULL AS http_status, \
+                    NULL AS provider_message_id, NULL AS error, NULL AS provider \
+             FROM sms WHERE id = {} AND status = 'sending' AND NOT EXISTS ( \
+                 SELECT 1 FROM sms_attempt WHERE sms_id = {} AND attempt = sms.attempts) \
+             ORDER BY attempt",
+            p(1),
+            p(2),
+            p(3)
         );
-        let rows = self.fetch(&sql, &[Arg::Int(Some(id))]).await?;
+        let key = Arg::Int(Some(id));
+        let rows = self.fetch(&sql, &[key.clone(), key.clone(), key]).await?;
         rows.iter().map(|row| rows::attempt(row, id)).collect()
     }
 

@@ -193,12 +193,8 @@ SET s.status = 'sending',
     s.attempts = j.attempt,
     s.updated_at = UTC_TIMESTAMP(6)";
 
-// Parameters: instance, JSON [{id, attempt}].
-const CLAIM_ATTEMPTS: &str = "
-INSERT INTO sms_attempt (sms_id, attempt, instance, started_at)
-SELECT j.id, j.attempt, ?, UTC_TIMESTAMP(6)
-FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$.id', attempt INT PATH '$.attempt')) AS j";
-
+// The claim writes no attempt row: the outcome (or the reaper) writes it
+// whole, from the lease columns (`updated_at` is when the attempt started).
 // Parameters: instance, JSON [{id, attempt}].
 const CLAIM_EVENTS: &str = "
 INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
@@ -254,20 +250,28 @@ SET s.status = i.next_status,
     s.updated_at = UTC_TIMESTAMP(6)
 WHERE s.status = 'sending' AND s.attempts = i.attempt AND s.locked_by = ?";
 
-// Parameter: JSON [OutcomeRow] (applied ones).
+// The attempt rows of the applied outcomes, run before RECORD on the rows
+// it locked: the row as the claim left it gives the instance and the start.
+// The upsert completes a row an older smsrelay wrote at the
+// claim (VALUES(): MariaDB has no row alias). Parameter: JSON [OutcomeRow] (applied ones).
 const RECORD_ATTEMPTS: &str = "
-UPDATE sms_attempt a JOIN JSON_TABLE(?, '$[*]' COLUMNS (
+INSERT INTO sms_attempt (sms_id, attempt, instance, started_at, finished_at, outcome,
+                         http_status, provider_message_id, error, provider)
+SELECT s.id, i.attempt, s.locked_by, s.updated_at, UTC_TIMESTAMP(6), i.outcome,
+       i.http_status, i.provider_message_id, i.error, i.provider
+FROM JSON_TABLE(?, '$[*]' COLUMNS (
         id BIGINT PATH '$.id', attempt INT PATH '$.attempt', outcome VARCHAR(16) PATH '$.outcome',
         http_status INT PATH '$.http_status',
         provider_message_id VARCHAR(255) PATH '$.provider_message_id', error TEXT PATH '$.error',
         provider VARCHAR(255) PATH '$.provider')) AS i
-    ON a.sms_id = i.id AND a.attempt = i.attempt
-SET a.finished_at = UTC_TIMESTAMP(6),
-    a.outcome = i.outcome,
-    a.http_status = i.http_status,
-    a.provider_message_id = i.provider_message_id,
-    a.error = i.error,
-    a.provider = i.provider";
+JOIN sms s ON s.id = i.id
+ON DUPLICATE KEY UPDATE
+    finished_at = VALUES(finished_at),
+    outcome = VALUES(outcome),
+    http_status = VALUES(http_status),
+    provider_message_id = VALUES(provider_message_id),
+    error = VALUES(error),
+    provider = VALUES(provider)";
 
 // Parameter: JSON [batch::EventRow], inserted in array order (the reaper's too).
 const RECORD_EVENTS: &str = "
@@ -291,7 +295,8 @@ SET s.status = 'pending',
     s.updated_at = UTC_TIMESTAMP(6)
 WHERE s.status = 'sending' AND s.attempts = i.attempt AND s.locked_by = ?";
 
-// The attempt row goes too, since no request was ever made.
+// No request was ever made, so the attempt gets no row (one an older
+// smsrelay wrote at the claim goes).
 const RELEASE_ATTEMPTS: &str = "
 DELETE a FROM sms_attempt a
 JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$.id', attempt INT PATH '$.attempt')) AS i
@@ -342,14 +347,20 @@ SET s.status = i.status,
     s.lease_expires_at = NULL,
     s.updated_at = UTC_TIMESTAMP(6)";
 
-// The open attempt is marked `abandoned` (it may have reached the provider: at-least-once).
+// The open attempt gets its row, `abandoned` (it may have reached the
+// provider: at-least-once), from the lease columns before REAP clears them:
+// the instance, and `updated_at`, set at the claim (its start). The upsert
+// completes a row an older smsrelay wrote at the claim.
 const REAP_ATTEMPTS: &str = "
-UPDATE sms_attempt a JOIN JSON_TABLE(?, '$[*]' COLUMNS (
-        id BIGINT PATH '$.id', attempt INT PATH '$.attempt')) AS i
-    ON a.sms_id = i.id AND a.attempt = i.attempt
-SET a.finished_at = UTC_TIMESTAMP(6),
-    a.outcome = 'abandoned',
-    a.error = 'lease expired before an outcome was recorded'";
+INSERT INTO sms_attempt (sms_id, attempt, instance, started_at, finished_at, outcome, error)
+SELECT s.id, i.attempt, s.locked_by, s.updated_at, UTC_TIMESTAMP(6), 'abandoned',
+       'lease expired before an outcome was recorded'
+FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$.id', attempt INT PATH '$.attempt')) AS i
+JOIN sms s ON s.id = i.id
+ON DUPLICATE KEY UPDATE
+    finished_at = VALUES(finished_at),
+    outcome = VALUES(outcome),
+    error = VALUES(error)";
 
 // --- retention -------------------------------------------------------------
 
@@ -732,13 +743,11 @@ impl Queue for MySqlStore {
                         .bind(micros(lease))
                         .execute(&mut *tx)
                         .await?;
-                    for statement in [CLAIM_ATTEMPTS, CLAIM_EVENTS] {
-                        sqlx::query(statement)
-                            .bind(instance)
-                            .bind(&claimed)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+                    sqlx::query(CLAIM_EVENTS)
+                        .bind(instance)
+                        .bind(&claimed)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 tx.commit().await?;
                 Ok(read)
@@ -796,13 +805,14 @@ impl Queue for MySqlStore {
                         })
                         .collect();
                     let json = to_json(&moved)?;
+                    // Before RECORD clears the lease columns it reads.
+                    sqlx::query(RECORD_ATTEMPTS)
+                        .bind(&json)
+                        .execute(&mut *tx)
+                        .await?;
                     sqlx::query(RECORD)
                         .bind(&json)
                         .bind(instance)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query(RECORD_ATTEMPTS)
-                        .bind(&json)
                         .execute(&mut *tx)
                         .await?;
                     sqlx::query(RECORD_EVENTS)

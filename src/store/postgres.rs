@@ -107,8 +107,10 @@ SELECT id, 'pending', 'failed', 'expired before it could be sent' FROM expired";
 
 // The claim: lock due rows (MATERIALIZED so the LIMIT applies before the
 // UPDATE joins back), lease them to this instance, bump the attempt and write
-// the attempt and event rows, all in one statement. A row past `expires_at`
-// is never claimed, whether or not the sweep has reached it yet.
+// the event row, all in one statement. A row past `expires_at` is never
+// claimed, whether or not the sweep has reached it yet. The attempt's row is
+// written once, at its outcome (or by the reaper), from the lease columns
+// set here: `updated_at` is when the attempt started.
 const CLAIM: &str = "
 WITH due AS MATERIALIZED (
     SELECT id FROM sms
@@ -130,10 +132,6 @@ claimed AS (
     WHERE sms.id = due.id
     RETURNING sms.id, sms.attempts, sms.mobile_no, sms.message, sms.send_key
 ),
-attempt AS (
-    INSERT INTO sms_attempt (sms_id, attempt, instance)
-    SELECT id, attempts, $2 FROM claimed
-),
 event AS (
     INSERT INTO sms_event (sms_id, from_status, to_status, reason)
     SELECT id, 'pending', 'sending', 'claimed by ' || $2 || ' for attempt ' || attempts FROM claimed
@@ -148,6 +146,10 @@ SELECT id, attempts, mobile_no, message, send_key FROM claimed ORDER BY id";
 // straight to the report's final status, with the events `sending -> sent`
 // and `sent -> final`. The SET reads the row as the UPDATE locks it, so a
 // report committed while this statement waited for that row is seen.
+// The attempt's row is inserted here, whole: `before` is the row as the claim
+// left it (its `updated_at` is the attempt's start; keeping a report does not
+// change it). ON CONFLICT completes a row an older smsrelay inserted at the
+// claim (a rolling upgrade).
 const RECORD: &str = concat!(
     "
 WITH input AS (
@@ -171,25 +173,29 @@ updated AS (
         segments = COALESCE(input.segments, sms.segments),
         provider = COALESCE(input.provider, sms.provider),
         updated_at = now()
-    FROM input
+    FROM input, sms AS before
     WHERE sms.id = input.id
+      AND before.id = input.id
       AND sms.status = 'sending'
       AND sms.attempts = input.attempt
       AND sms.locked_by = $1
     RETURNING sms.id, input.attempt, input.next_status, input.outcome, input.http_status,
               input.provider_message_id, input.error, input.reason, input.provider,
-              sms.status AS now_status, sms.early_report_reason
+              before.updated_at AS started_at, sms.status AS now_status,
+              sms.early_report_reason
 ),
 attempt AS (
-    UPDATE sms_attempt a SET
-        finished_at = now(),
-        outcome = u.outcome,
-        http_status = u.http_status,
-        provider_message_id = u.provider_message_id,
-        error = u.error,
-        provider = u.provider
-    FROM updated u
-    WHERE a.sms_id = u.id AND a.attempt = u.attempt
+    INSERT INTO sms_attempt (sms_id, attempt, instance, started_at, finished_at, outcome,
+                             http_status, provider_message_id, error, provider)
+    SELECT id, attempt, $1, started_at, now(), outcome,
+           http_status, provider_message_id, error, provider FROM updated
+    ON CONFLICT (sms_id, attempt) DO UPDATE SET
+        finished_at = EXCLUDED.finished_at,
+        outcome = EXCLUDED.outcome,
+        http_status = EXCLUDED.http_status,
+        provider_message_id = EXCLUDED.provider_message_id,
+        error = EXCLUDED.error,
+        provider = EXCLUDED.provider
 ),
 event AS (
     INSERT INTO sms_event (sms_id, from_status, to_status, reason)
@@ -213,8 +219,9 @@ SELECT count(*) FROM updated"
 );
 
 // Rows the provider never took (shutdown, a paused or throttling provider):
-// back to `pending` as if never claimed. The attempt row goes too, since the
-// attempt is not spent; the events keep the story. $3 = the event's reason.
+// back to `pending` as if never claimed. The attempt is not spent, so it gets
+// no row (one an older smsrelay wrote at the claim goes); the events keep
+// the story. $3 = the event's reason.
 const RELEASE: &str = "
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($2::jsonb) AS t(id bigint, attempt int)
@@ -249,17 +256,18 @@ FROM jsonb_to_recordset($2::jsonb) AS i(id bigint, attempt int)
 WHERE sms.id = i.id AND sms.status = 'sending'
   AND sms.attempts = i.attempt AND sms.locked_by = $1";
 
-// Expired leases: the instance crashed or hung. Its open attempt is marked
-// `abandoned`: it may have reached the provider, so under at-most-once ($3)
-// the row fails with `outcome unknown` instead of going back to `pending`.
-// A delivery report kept on the row (migration 0010) shows the provider has
-// it: the row takes the report's final status, with the events
-// `sending -> sent -> final`, and is neither sent again nor failed.
+// Expired leases: the instance crashed or hung. Its open attempt gets its
+// row, `abandoned`, from the lease columns (instance, and `updated_at`, set
+// at the claim: its start): it may have reached the provider, so under
+// at-most-once ($3) the row fails with `outcome unknown` instead of going
+// back to `pending`. A delivery report kept on the row (migration 0010)
+// shows the provider has it: the row takes the report's final status, with
+// the events `sending -> sent -> final`, and is neither sent again nor failed.
 // $1 = max attempts, $2 = limit, $3 = at-most-once.
 const REAP: &str = concat!(
     "
 WITH expired AS (
-    SELECT id, locked_by FROM sms
+    SELECT id, locked_by, updated_at FROM sms
     WHERE status = 'sending' AND lease_expires_at < now()
     ORDER BY lease_expires_at
     LIMIT $2
@@ -282,12 +290,14 @@ reaped AS (
     RETURNING sms.id, sms.attempts, sms.status, sms.last_error, sms.early_report_reason
 ),
 attempt AS (
-    UPDATE sms_attempt a SET
-        finished_at = now(),
-        outcome = 'abandoned',
-        error = 'lease expired before an outcome was recorded'
-    FROM reaped r
-    WHERE a.sms_id = r.id AND a.attempt = r.attempts
+    INSERT INTO sms_attempt (sms_id, attempt, instance, started_at, finished_at, outcome, error)
+    SELECT r.id, r.attempts, e.locked_by, e.updated_at, now(), 'abandoned',
+           'lease expired before an outcome was recorded'
+    FROM reaped r JOIN expired e ON e.id = r.id
+    ON CONFLICT (sms_id, attempt) DO UPDATE SET
+        finished_at = EXCLUDED.finished_at,
+        outcome = EXCLUDED.outcome,
+        error = EXCLUDED.error
 ),
 event AS (
     INSERT INTO sms_event (sms_id, from_status, to_status, reason)

@@ -179,11 +179,9 @@ WHERE id IN (
     LIMIT ?4)
 RETURNING id, attempts, mobile_no, message, send_key";
 
+// The claim writes no attempt row: the outcome (or the reaper) writes it
+// whole, from the lease columns (`updated_at` is when the attempt started).
 // ?1 = JSON [{id, attempt}], ?2 = instance, ?3 = now.
-const CLAIM_ATTEMPTS: &str = "
-INSERT INTO sms_attempt (sms_id, attempt, instance, started_at)
-SELECT value ->> '$.id', value ->> '$.attempt', ?2, ?3 FROM json_each(?1)";
-
 const CLAIM_EVENTS: &str = "
 INSERT INTO sms_event (sms_id, from_status, to_status, reason, occurred_at)
 SELECT value ->> '$.id', 'pending', 'sending',
@@ -224,21 +222,29 @@ WHERE sms.id = i.id
   AND sms.locked_by = ?2
 RETURNING sms.id, sms.early_report, sms.early_report_reason";
 
-// Only the applied outcomes reach this one. ?1 = JSON [OutcomeRow], ?2 = now.
+// The attempt rows of a batch, run before RECORD (in its transaction), on
+// the rows that pass the same fence: the row as the claim left it gives the
+// instance and the start. The upsert completes a row an older
+// smsrelay wrote at the claim. ?1 = JSON [OutcomeRow], ?2 = instance, ?3 = now.
 const RECORD_ATTEMPTS: &str = "
-UPDATE sms_attempt SET
-    finished_at = ?2,
-    outcome = i.outcome,
-    http_status = i.http_status,
-    provider_message_id = i.provider_message_id,
-    error = i.error,
-    provider = i.provider
+INSERT INTO sms_attempt (sms_id, attempt, instance, started_at, finished_at, outcome,
+                         http_status, provider_message_id, error, provider)
+SELECT sms.id, i.attempt, sms.locked_by, sms.updated_at, ?3, i.outcome,
+       i.http_status, i.provider_message_id, i.error, i.provider
 FROM (SELECT value ->> '$.id' AS id, value ->> '$.attempt' AS attempt,
              value ->> '$.outcome' AS outcome, value ->> '$.http_status' AS http_status,
              value ->> '$.provider_message_id' AS provider_message_id,
              value ->> '$.error' AS error, value ->> '$.provider' AS provider
       FROM json_each(?1)) AS i
-WHERE sms_attempt.sms_id = i.id AND sms_attempt.attempt = i.attempt";
+JOIN sms ON sms.id = i.id
+WHERE sms.status = 'sending' AND sms.attempts = i.attempt AND sms.locked_by = ?2
+ON CONFLICT (sms_id, attempt) DO UPDATE SET
+    finished_at = excluded.finished_at,
+    outcome = excluded.outcome,
+    http_status = excluded.http_status,
+    provider_message_id = excluded.provider_message_id,
+    error = excluded.error,
+    provider = excluded.provider";
 
 // ?1 = JSON [batch::EventRow], inserted in array order (the reaper's too); ?2 = now.
 const RECORD_EVENTS: &str = "
@@ -261,7 +267,8 @@ WHERE sms.id = i.id AND sms.status = 'sending'
   AND sms.attempts = i.attempt AND sms.locked_by = ?2
 RETURNING sms.id";
 
-// The attempt row goes too, since no request was ever made. ?1 = JSON [{id, attempt}].
+// No request was ever made, so the attempt gets no row (one an older
+// smsrelay wrote at the claim goes). ?1 = JSON [{id, attempt}].
 const RELEASE_ATTEMPTS: &str = "
 DELETE FROM sms_attempt
 WHERE (sms_id, attempt) IN (SELECT value ->> '$.id', value ->> '$.attempt' FROM json_each(?1))";
@@ -279,11 +286,32 @@ FROM (SELECT value ->> '$.id' AS id, value ->> '$.attempt' AS attempt FROM json_
 WHERE sms.id = i.id AND sms.status = 'sending'
   AND sms.attempts = i.attempt AND sms.locked_by = ?2";
 
-// Expired leases: the instance crashed or hung. SET expressions read the row
-// as it was before the update, so `last_error` still sees `locked_by`.
-// Under at-most-once (?4 = 1) the row fails with `outcome unknown`. A row
-// with a delivery report kept (migration 0010) takes the report's final status.
-// ?1 = now, ?2 = max attempts, ?3 = limit, ?4 = at-most-once.
+// Expired leases: the instance crashed or hung. REAP_ATTEMPTS picks the
+// rows and writes their `abandoned` attempt rows from the lease columns
+// (instance, and `updated_at`: the attempt's start) before REAP changes
+// them; the upsert completes a row an older smsrelay wrote at the
+// claim. ?1 = now, ?2 = limit.
+const REAP_ATTEMPTS: &str = "
+INSERT INTO sms_attempt (sms_id, attempt, instance, started_at, finished_at, outcome, error)
+SELECT id, attempts, locked_by, updated_at, ?1, 'abandoned',
+       'lease expired before an outcome was recorded'
+FROM sms
+WHERE id IN (
+    SELECT id FROM sms
+    WHERE status = 'sending' AND lease_expires_at < ?1
+    ORDER BY lease_expires_at
+    LIMIT ?2)
+ON CONFLICT (sms_id, attempt) DO UPDATE SET
+    finished_at = excluded.finished_at,
+    outcome = excluded.outcome,
+    error = excluded.error
+RETURNING sms_id";
+
+// Then the rows REAP_ATTEMPTS picked. SET expressions read the row as it
+// was before the update, so `last_error` still sees `locked_by`. Under
+// at-most-once (?4 = 1) the row fails with `outcome unknown`. A row with a
+// delivery report kept (migration 0010) takes the report's final status.
+// ?1 = now, ?2 = max attempts, ?3 = JSON array of ids, ?4 = at-most-once.
 const REAP: &str = "
 UPDATE sms SET
     status = CASE WHEN early_report IS NOT NULL THEN early_report
@@ -296,21 +324,9 @@ UPDATE sms SET
     locked_by = NULL,
     lease_expires_at = NULL,
     updated_at = ?1
-WHERE id IN (
-    SELECT id FROM sms
-    WHERE status = 'sending' AND lease_expires_at < ?1
-    ORDER BY lease_expires_at
-    LIMIT ?3)
+WHERE id IN (SELECT value FROM json_each(?3))
+  AND status = 'sending'
 RETURNING id, attempts, status, last_error, early_report, early_report_reason";
-
-// The open attempt is marked `abandoned` (it may have reached the provider:
-// at-least-once). ?1 = JSON [{id, attempt}], ?2 = now.
-const REAP_ATTEMPTS: &str = "
-UPDATE sms_attempt SET
-    finished_at = ?2,
-    outcome = 'abandoned',
-    error = 'lease expired before an outcome was recorded'
-WHERE (sms_id, attempt) IN (SELECT value ->> '$.id', value ->> '$.attempt' FROM json_each(?1))";
 
 // One retention batch: finished rows last changed before ?1 (epoch ms),
 // oldest first, at most ?2. Walks the partial index sms_finished_idx
@@ -499,14 +515,12 @@ impl Queue for SqliteStore {
                 let refs = read.refs();
                 if !refs.is_empty() {
                     let claimed = to_json(&refs)?;
-                    for statement in [CLAIM_ATTEMPTS, CLAIM_EVENTS] {
-                        sqlx::query(statement)
-                            .bind(&claimed)
-                            .bind(instance)
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+                    sqlx::query(CLAIM_EVENTS)
+                        .bind(&claimed)
+                        .bind(instance)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 tx.commit().await?;
                 Ok(read)
@@ -530,9 +544,17 @@ impl Queue for SqliteStore {
         self.call(async |conn| {
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
             let now = now_ms();
+            let json = to_json(&rows)?;
+            // Before RECORD clears the lease columns it reads.
+            sqlx::query(RECORD_ATTEMPTS)
+                .bind(&json)
+                .bind(instance)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             // (id, the report kept on the row and its reason): the rows that changed.
             let applied: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as(RECORD)
-                .bind(to_json(&rows)?)
+                .bind(&json)
                 .bind(instance)
                 .bind(now)
                 .fetch_all(&mut *tx)
@@ -548,17 +570,11 @@ impl Queue for SqliteStore {
                         Some((row.1.as_deref()?, row.2.as_deref().unwrap_or_default()))
                     })
                 };
-                let events = to_json(&outcome_events(&applied_rows, kept))?;
-                for (statement, json) in [
-                    (RECORD_ATTEMPTS, to_json(&applied_rows)?),
-                    (RECORD_EVENTS, events),
-                ] {
-                    sqlx::query(statement)
-                        .bind(json)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                sqlx::query(RECORD_EVENTS)
+                    .bind(to_json(&outcome_events(&applied_rows, kept))?)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
             Ok(record_report(outcomes.len(), applied.len()))
@@ -646,15 +662,23 @@ impl Leases for SqliteStore {
         self.call(async |conn| {
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
             let now = now_ms();
+            let picked: Vec<i64> = sqlx::query_scalar(REAP_ATTEMPTS)
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await?;
+            if picked.is_empty() {
+                tx.commit().await?;
+                return Ok(ReapReport::default());
+            }
             let rows = sqlx::query(REAP)
                 .bind(now)
                 .bind(i64::from(max_attempts))
-                .bind(i64::from(limit))
+                .bind(to_json(&picked)?)
                 .bind(at_most_once)
                 .fetch_all(&mut *tx)
                 .await?;
             let mut report = ReapReport::default();
-            let mut reaped = Vec::with_capacity(rows.len());
             let mut read = Vec::with_capacity(rows.len());
             for row in &rows {
                 let id: i64 = row.try_get("id")?;
@@ -668,11 +692,6 @@ impl Leases for SqliteStore {
                     Status::Pending => report.requeued += 1,
                     _ => report.reported += 1,
                 }
-                reaped.push(AttemptRef {
-                    id,
-                    attempt: row.try_get("attempts")?,
-                    send_key: None,
-                });
                 read.push((id, parsed, last_error, early.zip(early_reason)));
             }
             let mut events = Vec::with_capacity(read.len());
@@ -681,12 +700,7 @@ impl Leases for SqliteStore {
                 let reason = reap_reason(at_most_once, *status == Status::Failed, last_error);
                 events.extend(reap_events(*id, status.as_str(), reason, last_error, kept));
             }
-            if !reaped.is_empty() {
-                sqlx::query(REAP_ATTEMPTS)
-                    .bind(to_json(&reaped)?)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+            if !events.is_empty() {
                 sqlx::query(RECORD_EVENTS)
                     .bind(to_json(&events)?)
                     .bind(now)

@@ -316,7 +316,8 @@ async fn an_expired_backlog_is_never_claimed(db: TestStore) {
     );
     assert_eq!(
         db.count("SELECT count(*) FROM sms_attempt", &[]).await,
-        1,
-        "the fresh row's attempt only"
+        0,
+        "no expired row has an attempt (the fresh row's is written at its outcome)"
     );
+    assert_eq!(db.store.attempts(fresh).await.unwrap().len(), 1);
 }

@@ -107,13 +107,22 @@ async fn a_value_the_schema_refuses_costs_only_its_own_field(db: TestStore) {
             }
         }
         crate::backends::Backend::Sqlite => {
-            db.exec(
-                "CREATE TRIGGER ascii_provider_ids BEFORE UPDATE ON sms_attempt
-                 WHEN length(CAST(NEW.provider_message_id AS BLOB)) <> length(NEW.provider_message_id)
-                 BEGIN SELECT RAISE(ABORT, 'provider ids are ASCII'); END",
-                &[],
-            )
-            .await;
+            // The attempt's row is inserted whole at its outcome (or
+            // completed, when an older claim wrote it): refuse both ways.
+            for (name, on) in [
+                ("ascii_ids_inserted", "INSERT"),
+                ("ascii_ids_updated", "UPDATE"),
+            ] {
+                db.exec(
+                    &format!(
+                        "CREATE TRIGGER {name} BEFORE {on} ON sms_attempt
+                         WHEN length(CAST(NEW.provider_message_id AS BLOB)) <> length(NEW.provider_message_id)
+                         BEGIN SELECT RAISE(ABORT, 'provider ids are ASCII'); END"
+                    ),
+                    &[],
+                )
+                .await;
+            }
         }
     }
     let mut rows = Vec::new();

@@ -45,6 +45,7 @@ macro_rules! conformance {
     };
 }
 
+mod attempt_rows;
 mod claim;
 mod concurrency;
 mod daemon;

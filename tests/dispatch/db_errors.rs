@@ -142,8 +142,8 @@ async fn outcomes_recorded_after_a_failover_to_read_only_are_recorded_once() {
     sent_once(&db, &provider, &rows).await;
 }
 
-/// The outcomes wait longer than the lease (their attempt row is locked by
-/// another session) while another instance reaps and claims throughout: the
+/// The outcomes wait longer than the lease (their attempt row's key is held
+/// by another session's uncommitted insert) while another instance reaps and claims throughout: the
 /// lease is renewed meanwhile, so nobody takes the message over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_waiting_longer_than_the_lease_keep_their_lease() {
@@ -169,12 +169,16 @@ async fn outcomes_waiting_longer_than_the_lease_keep_their_lease() {
     let store = db.store();
     let (report, taken_over) = tokio::join!(node_a.run_once(&stop), async {
         wait_for_requests(&provider, 1).await;
+        // The attempt's row is written at its outcome: an uncommitted row
+        // with its key makes that INSERT wait (and, rolled back, lets it in).
         let mut tx = db.pool.begin().await.unwrap();
-        sqlx::query("SELECT sms_id FROM sms_attempt WHERE sms_id = $1 FOR UPDATE")
-            .bind(rows[0])
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        sqlx::query(
+            "INSERT INTO sms_attempt (sms_id, attempt, instance) VALUES ($1, 1, 'blocker')",
+        )
+        .bind(rows[0])
+        .execute(&mut *tx)
+        .await
+        .unwrap();
         // Reap and claim from another instance for more than two leases.
         let mut taken_over = 0;
         let until = tokio::time::Instant::now() + lease * 2 + Duration::from_secs(1);
@@ -185,7 +189,7 @@ async fn outcomes_waiting_longer_than_the_lease_keep_their_lease() {
                 .unwrap();
             taken_over += node_b.run_once(&stop).await.unwrap().claimed;
         }
-        tx.commit().await.unwrap();
+        tx.rollback().await.unwrap();
         taken_over
     });
     assert_eq!(
