@@ -288,11 +288,7 @@ async fn reports_with_the_secret_move_messages_by_their_message_id() {
         .await;
     let db = TestDb::new().await;
     let mut config = test_config(&db, "http://127.0.0.1:9/unused");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     config.api.listen = format!("127.0.0.1:{port}").parse().unwrap();
     config.provider.kind = ProviderKind::Africastalking;
     config.provider.africastalking = Some(settings(&server.uri()));
@@ -412,11 +408,7 @@ async fn a_report_that_beats_the_send_answer_waits_for_its_outcome() {
         .await;
     let db = TestDb::new().await;
     let mut config = test_config(&db, "http://127.0.0.1:9/unused");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     config.api.listen = format!("127.0.0.1:{port}").parse().unwrap();
     config.provider.kind = ProviderKind::Africastalking;
     config.provider.africastalking = Some(settings(&server.uri()));

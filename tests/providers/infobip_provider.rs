@@ -265,11 +265,7 @@ async fn reports_with_the_secret_move_messages_and_others_are_refused() {
         .await;
     let db = TestDb::new().await;
     let mut config = test_config(&db, "http://127.0.0.1:9/unused");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     config.api.listen = format!("127.0.0.1:{port}").parse().unwrap();
     let mut s = settings(&infobip.uri());
     s.notify_url = Some(format!("http://127.0.0.1:{port}"));

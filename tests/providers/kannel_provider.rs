@@ -250,11 +250,7 @@ async fn throttling_keeps_the_retry_after_and_a_dead_smsbox_is_transient() {
     );
 
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let outcome = send(
         &provider(&settings(&format!(
             "http://127.0.0.1:{port}/cgi-bin/sendsms"
@@ -480,11 +476,7 @@ async fn kannels_delivery_reports_drive_messages_to_delivered() {
     let db = TestDb::new().await;
     let mut config = test_config(&db, "http://127.0.0.1:9/unused");
     // The API must be known before the provider is built: its address is the dlr-url base.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     config.api.listen = format!("127.0.0.1:{port}").parse().unwrap();
     config.provider.kind = ProviderKind::Kannel;
@@ -578,11 +570,7 @@ async fn a_report_that_beats_the_send_outcome_is_kept_and_applied() {
         .await;
     let db = TestDb::new().await;
     let mut config = test_config(&db, "http://127.0.0.1:9/unused");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     config.api.listen = format!("127.0.0.1:{port}").parse().unwrap();
     config.provider.kind = ProviderKind::Kannel;

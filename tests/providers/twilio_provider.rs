@@ -385,11 +385,7 @@ async fn signed_status_callbacks_move_messages_and_unsigned_ones_are_refused() {
         .await;
     let db = TestDb::new().await;
     let mut config = test_config(&db, "http://127.0.0.1:9/unused");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     config.api.listen = format!("127.0.0.1:{port}").parse().unwrap();
     let callback = format!("http://127.0.0.1:{port}/callbacks/twilio");
     let mut s = settings(&twilio.uri());

@@ -172,6 +172,14 @@ impl Drop for TestDb {
     }
 }
 
+/// A loopback port free right now, for an API listener the test calls back.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
 /// A config for tests: webhook provider at `provider_url`, fast retries.
 pub fn test_config(db: &TestDb, provider_url: &str) -> Config {
     let mut config = Config::default();
