@@ -74,16 +74,23 @@ impl InHand {
 }
 
 /// Renews every row in hand every lease/3 (a third, so two renewals may
-/// fail before another instance may take over), until `done`. A failure is
-/// logged and left to the next renewal; a row the fence refused was taken
-/// over by another instance, and its outcome will be refused as stale.
+/// fail before another instance may take over), until `done`. A failed
+/// renewal is tried again soon (from 100 ms, doubling, at most lease/3): it
+/// may have hit the moment a retried write of ours held the same rows
+/// locked, and waiting a whole third each time could fall into step with
+/// those retries until the lease runs out. A row the fence refused was
+/// taken over by another instance, and its outcome will be refused as stale.
 pub(super) async fn renew_every_third(ctx: &Ctx<'_>, done: &CancellationToken) {
     let o = ctx.options;
     let every = o.lease / 3;
+    let first_retry = Duration::from_millis(100).min(every);
+    // Zero while renewals succeed; else the wait before the next try.
+    let mut retry = Duration::ZERO;
     loop {
+        let next = if retry.is_zero() { every } else { retry };
         tokio::select! {
             _ = done.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(next) => {}
         }
         let rows = ctx.in_hand(|h| h.rows());
         if rows.is_empty() {
@@ -106,8 +113,12 @@ pub(super) async fn renew_every_third(ctx: &Ctx<'_>, done: &CancellationToken) {
                     );
                 }
                 ctx.in_hand(|h| h.renewed(&rows, started));
+                retry = Duration::ZERO;
             }
-            Err(e) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
+            Err(e) => {
+                retry = (retry * 2).clamp(first_retry, every);
+                tracing::warn!(error = %e, retry_in = ?retry, "lease renewal failed; will retry");
+            }
         }
     }
 }
