@@ -118,7 +118,7 @@ impl Schedule {
 }
 
 /// Claims up to `batch_size` rows under our lease, and puts them in hand.
-pub(super) async fn claim(ctx: &Ctx<'_>, batch_size: u32) -> Result<Claim, StoreError> {
+async fn claim(ctx: &Ctx<'_>, batch_size: u32) -> Result<Claim, StoreError> {
     let o = ctx.options;
     let claimed_at = Instant::now();
     let claim = ctx
@@ -139,9 +139,23 @@ pub(super) async fn claim(ctx: &Ctx<'_>, batch_size: u32) -> Result<Claim, Store
     Ok(claim)
 }
 
+/// Claims up to `size` rows and sorts them (see [`triage`]).
+pub(super) async fn claim_and_triage(ctx: &Ctx<'_>, size: u32) -> Result<Triage, StoreError> {
+    let claim = claim(ctx, size).await?;
+    let claimed = claim.messages.len();
+    let mut sorted = triage(ctx, claim.messages).await;
+    sorted.claimed = claimed;
+    sorted.expired = claim.expired;
+    Ok(sorted)
+}
+
 /// A claim sorted before any request.
 #[derive(Default)]
 pub(super) struct Triage {
+    /// Rows the claim took.
+    pub claimed: usize,
+    /// Pending rows the claim's sweep found expired.
+    pub expired: u64,
     /// Refused by validation, or to a recipient who opted out; or handed
     /// back because the opt-out list could not be read.
     pub settled: Vec<Ended>,
@@ -150,7 +164,7 @@ pub(super) struct Triage {
 
 /// Validates the claimed messages and looks their recipients up on the
 /// opt-out list (one query per claim).
-pub(super) async fn triage(ctx: &Ctx<'_>, messages: Vec<ClaimedSms>) -> Triage {
+async fn triage(ctx: &Ctx<'_>, messages: Vec<ClaimedSms>) -> Triage {
     let mut triage = Triage::default();
     let mut valid = Vec::with_capacity(messages.len());
     for sms in messages {

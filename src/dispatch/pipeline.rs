@@ -5,6 +5,8 @@
 //! groups, and the renewer extends every lease in hand each lease/3. No
 //! transaction or lock is held across a provider call.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +20,7 @@ use crate::domain::outcome::ReleaseReason;
 use crate::provider::Provider;
 use crate::store::{Store, StoreError};
 
-use super::claimer::{self, Mode, Schedule};
+use super::claimer::{self, Mode, Schedule, Triage};
 use super::heartbeat::Heartbeat;
 use super::lease::{self, InHand};
 use super::recorder;
@@ -109,8 +111,16 @@ pub(super) async fn run(ctx: &Ctx<'_>, mode: Mode) -> Result<BatchReport, StoreE
     Ok(report)
 }
 
+/// A claim with its triage, as one future: it runs while the send loop
+/// keeps handing finished sends to the recorder.
+type Claiming<'c> = Pin<Box<dyn Future<Output = (u32, Result<Triage, StoreError>)> + Send + 'c>>;
+
 /// Claims as slots free up, starts the sends, and hands each end to the
-/// recorder; ends when no more claims will be made and no send is in flight.
+/// recorder; ends when no more claims will be made, no claim is under way
+/// and no send is in flight. A claim (two statements, then the opt-out
+/// lookup) takes milliseconds: meanwhile finished sends keep flowing to the
+/// recorder, so its rows leave our hands, and room for the next claim is
+/// made, while the claim is under way.
 async fn send_loop(
     ctx: &Ctx<'_>,
     mode: Mode,
@@ -120,6 +130,7 @@ async fn send_loop(
     let mut report = BatchReport::default();
     let mut in_flight = InFlight::new(o.concurrency);
     let mut schedule = Schedule::new(mode);
+    let mut claiming: Option<Claiming<'_>> = None;
     let mut ticks = tokio::time::interval(ctx.heartbeat.every());
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let pass_on = |ended: Ended, report: &mut BatchReport| {
@@ -131,15 +142,36 @@ async fn send_loop(
         if ctx.write_failed.swap(false, Ordering::Relaxed) && mode == Mode::Continuous {
             schedule.failed();
         }
-        if !ctx.stop.is_cancelled() && schedule.is_due() {
+        if claiming.is_none() && !ctx.stop.is_cancelled() && schedule.is_due() {
             let in_hand = ctx.in_hand(|h| h.len());
             if let Some(size) = schedule.size(o, ctx.provider.readiness(), in_hand) {
-                match claimer::claim(ctx, size).await {
-                    Ok(claim) => {
-                        schedule.found(claim.messages.len(), size, o.poll_interval);
-                        report.claimed += claim.messages.len();
-                        report.expired += claim.expired;
-                        let triage = claimer::triage(ctx, claim.messages).await;
+                claiming = Some(Box::pin(async move {
+                    (size, claimer::claim_and_triage(ctx, size).await)
+                }));
+            }
+        }
+        if claiming.is_none()
+            && in_flight.is_empty()
+            && (ctx.stop.is_cancelled() || schedule.is_over())
+        {
+            return Ok(report);
+        }
+        let under_way = claiming.is_some();
+        let poll = schedule.waiting_until().filter(|_| !under_way);
+        let claim_done = async {
+            match claiming.as_mut() {
+                Some(claim) => claim.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            (size, claimed) = claim_done => {
+                claiming = None;
+                match claimed {
+                    Ok(triage) => {
+                        schedule.found(triage.claimed, size, o.poll_interval);
+                        report.claimed += triage.claimed;
+                        report.expired += triage.expired;
                         for ended in triage.settled {
                             pass_on(ended, &mut report);
                         }
@@ -153,26 +185,19 @@ async fn send_loop(
                         tracing::warn!(error = %e, ?retry_in, "claim failed; will retry");
                     }
                 }
-                continue;
             }
-        }
-        if in_flight.is_empty() && (ctx.stop.is_cancelled() || schedule.is_over()) {
-            return Ok(report);
-        }
-        let poll = schedule.waiting_until();
-        tokio::select! {
             ended = in_flight.next_end(ctx), if !in_flight.is_empty() => {
                 if let Some(ended) = ended {
                     ctx.heartbeat.progress();
                     pass_on(ended, &mut report);
                 }
             }
-            // With nothing in flight, shutdown ends the loop at its top.
-            _ = ctx.stop.cancelled(), if in_flight.is_empty() => {}
+            // With nothing in flight or being claimed, shutdown ends the loop at its top.
+            _ = ctx.stop.cancelled(), if in_flight.is_empty() && !under_way => {}
             _ = ctx.wake.notified(), if mode == Mode::Continuous => schedule.woken(),
             _ = ctx.room.notified() => {}
             _ = tokio::time::sleep_until(poll.unwrap_or_else(tokio::time::Instant::now)), if poll.is_some() => {}
-            _ = ticks.tick() => ctx.heartbeat.pulse(!in_flight.is_empty()),
+            _ = ticks.tick() => ctx.heartbeat.pulse(!in_flight.is_empty() || under_way),
         }
     }
 }
