@@ -46,7 +46,7 @@ impl Default for DispatchSettings {
     fn default() -> Self {
         Self {
             instance_id: None,
-            batch_size: 64,
+            batch_size: 256,
             concurrency: 16,
             poll_interval: Duration::from_secs(1),
             lease: Duration::from_secs(30),

@@ -51,7 +51,7 @@ pub struct Args {
     #[arg(long, default_value_t = 16)]
     pub inserters: u32,
     /// Rows per claim, for the daemon ([dispatch] batch_size) and the ceiling alike.
-    #[arg(long, env = "SMSRELAY_DISPATCH__BATCH_SIZE", default_value_t = 64)]
+    #[arg(long, env = "SMSRELAY_DISPATCH__BATCH_SIZE", default_value_t = 256)]
     pub batch_size: u32,
     /// Sends in flight ([dispatch] concurrency); unset: the daemon's default.
     #[arg(long)]
