@@ -99,7 +99,10 @@ pub(super) async fn renew_every_third(ctx: &Ctx<'_>, done: &CancellationToken) {
         let started = Instant::now();
         match ctx
             .heartbeat
-            .during(ctx.store.renew(&o.instance, &rows, o.lease))
+            .during(async {
+                let _one_at_a_time = ctx.row_writes().await;
+                ctx.store.renew(&o.instance, &rows, o.lease).await
+            })
             .await
         {
             Ok(renewed) => {

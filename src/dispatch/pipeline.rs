@@ -49,6 +49,11 @@ pub(super) struct Ctx<'a> {
     room: Notify,
     /// A write failed for good: claims back off.
     write_failed: AtomicBool,
+    /// Held by each statement that waits for the row locks of rows in hand
+    /// (outcomes, hand-backs, lease renewal): two of ours at once could lock
+    /// the same rows in different orders and deadlock, which PostgreSQL
+    /// breaks only after `deadlock_timeout` (1 s), while both wait.
+    row_writes: tokio::sync::Mutex<()>,
 }
 
 impl<'a> Ctx<'a> {
@@ -70,6 +75,7 @@ impl<'a> Ctx<'a> {
             in_hand: Mutex::new(InHand::new(options.lease)),
             room: Notify::new(),
             write_failed: AtomicBool::new(false),
+            row_writes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -80,6 +86,11 @@ impl<'a> Ctx<'a> {
 
     pub fn room_freed(&self) {
         self.room.notify_one();
+    }
+
+    /// Waits until no other statement of ours is locking rows in hand.
+    pub async fn row_writes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.row_writes.lock().await
     }
 
     pub fn write_failed(&self) {

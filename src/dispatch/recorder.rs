@@ -216,7 +216,11 @@ where
     let mut wait = Duration::from_millis(100).min(longest_wait);
     let mut give_up_at: Option<Instant> = None;
     loop {
-        let e = match ctx.heartbeat.during(op()).await {
+        let tried = ctx.heartbeat.during(async {
+            let _one_at_a_time = ctx.row_writes().await;
+            op().await
+        });
+        let e = match tried.await {
             Ok(value) => return Ok(value),
             Err(e) if e.is_transient() => e,
             Err(e) => return Err(e),
