@@ -1,9 +1,12 @@
 //! PostgreSQL wake-ups: LISTEN on a connection of its own for the NOTIFY of
 //! migration 0012's trigger, which fires only while some instance has a row
 //! in `sms_waiter`. This instance writes its row while its dispatcher waits
-//! idle; the first INSERT that finds it takes it away and notifies, and the
-//! row is taken away here when the dispatcher is busy again (a row left
-//! behind under load would make every INSERT statement notify).
+//! idle; the first INSERT that finds it takes it away and notifies. When
+//! the dispatcher is busy again the row is left alone: the next INSERT takes
+//! it (one NOTIFY, and a wake-up that only brings the next claim forward),
+//! which is cheaper than a DELETE at the start of every busy spell under
+//! load; it is not written again until the dispatcher waits again. The row
+//! is taken away here at shutdown.
 //!
 //! Never blocks the platform: its trigger skips a row locked here, and here a
 //! row locked by an inserter (who is about to notify) is skipped too.
@@ -155,9 +158,9 @@ async fn listen_once(
 }
 
 /// Follows the dispatcher's idle flag: a row while it waits (refreshed each
-/// [`REFRESH_EVERY`], then a wake-up so it claims once more: an INSERT that
-/// committed just before the row was written found no one to notify), none
-/// while it is busy. Takes the row away at the end.
+/// [`REFRESH_EVERY`]; each write is followed by a wake-up so it claims once
+/// more: an INSERT that committed just before the row was written found no
+/// one to notify). Takes the row away at the end.
 async fn mark_while_idle(
     db: &Db<'_>,
     wake: &(dyn Fn() + Send + Sync),
@@ -168,7 +171,10 @@ async fn mark_while_idle(
     let mut marked_at: Option<Instant> = None;
     let mut warned = false;
     loop {
-        let refresh_at = marked_at.map(|at| at + REFRESH_EVERY);
+        // Refreshed only while waiting; a busy dispatcher's row may lapse.
+        let refresh_at = marked_at
+            .filter(|_| *idle.borrow())
+            .map(|at| at + REFRESH_EVERY);
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
@@ -181,6 +187,7 @@ async fn mark_while_idle(
         }
         let waiting = *idle.borrow_and_update() && shared.listening.load(Ordering::Relaxed);
         let result = match (waiting, marked_at) {
+            (false, _) => Ok(()),
             (true, Some(at)) if at.elapsed() < REFRESH_EVERY => Ok(()),
             (true, _) => db.mark().await.map(|marked| {
                 // Not marked: an inserter holds the row and notifies as it commits.
@@ -189,11 +196,6 @@ async fn mark_while_idle(
                     wake();
                 }
             }),
-            (false, Some(_)) => {
-                marked_at = None;
-                db.unmark().await
-            }
-            (false, None) => Ok(()),
         };
         if let Err(e) = result {
             marked_at = None;
@@ -202,9 +204,8 @@ async fn mark_while_idle(
             }
         }
     }
-    if marked_at.is_some() {
-        let _ = db.unmark().await;
-    }
+    // Whether or not a row is known to be there (one statement at shutdown).
+    let _ = db.unmark().await;
 }
 
 /// This instance's row in `sms_waiter`.
