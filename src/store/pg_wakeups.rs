@@ -1,12 +1,12 @@
 //! PostgreSQL wake-ups: LISTEN on a connection of its own for the NOTIFY of
 //! migration 0012's trigger, which fires only while some instance has a row
 //! in `sms_waiter`. This instance writes its row while its dispatcher waits
-//! idle; the first INSERT that finds it takes it away and notifies. When
-//! the dispatcher is busy again the row is left alone: the next INSERT takes
-//! it (one NOTIFY, and a wake-up that only brings the next claim forward),
-//! which is cheaper than a DELETE at the start of every busy spell under
-//! load; it is not written again until the dispatcher waits again. The row
-//! is taken away here at shutdown.
+//! idle; the first INSERT that finds it takes it (sets it to `-infinity`)
+//! and notifies. When the dispatcher is busy again the row is left alone:
+//! the next INSERT takes it (one NOTIFY, and a wake-up that only brings the
+//! next claim forward), which is cheaper than a write at the start of every
+//! busy spell under load; it is not written again until the dispatcher waits
+//! again. The row is removed here at shutdown.
 //!
 //! Never blocks the platform: its trigger skips a row locked here, and here a
 //! row locked by an inserter (who is about to notify) is skipped too.
@@ -30,20 +30,22 @@ use super::{StoreError, deadline};
 const CHANNEL: &str = "smsrelay_sms";
 
 /// How long a written row counts. Only bounds the row of an instance that
-/// died waiting (the next INSERT takes it away anyway); a live one refreshes it.
+/// died waiting (the next INSERT takes it anyway); a live one refreshes it.
 const WAITING_FOR: Duration = Duration::from_secs(60);
 const REFRESH_EVERY: Duration = Duration::from_secs(20);
 
 /// Writes (or refreshes) this instance's row; counts 0 when an inserter holds
-/// it (it is taking the row away and will notify as it commits). Rows of
-/// instances that stopped refreshing are swept on the way.
+/// it (it is taking the row and will notify as it commits). An UPDATE of a
+/// column no index covers: HOT, the row stays on its page (see migration
+/// 0012). Rows of instances that wrote none for a day are swept on the way.
 /// $1 = instance, $2 = milliseconds the row counts.
 const MARK: &str = "
 WITH mine AS (
     SELECT instance FROM sms_waiter WHERE instance = $1 FOR UPDATE SKIP LOCKED
 ),
 refreshed AS (
-    UPDATE sms_waiter w SET waiting_until = now() + $2::bigint * interval '1 millisecond'
+    UPDATE sms_waiter w
+    SET waiting_until = now() + $2::bigint * interval '1 millisecond', marked_at = now()
     FROM mine WHERE w.instance = mine.instance
     RETURNING 1
 ),
@@ -57,12 +59,12 @@ added AS (
 swept AS (
     DELETE FROM sms_waiter WHERE instance IN (
         SELECT instance FROM sms_waiter
-        WHERE waiting_until < now() AND instance <> $1
+        WHERE marked_at < now() - interval '1 day' AND instance <> $1
         FOR UPDATE SKIP LOCKED)
 )
 SELECT (SELECT count(*) FROM refreshed) + (SELECT count(*) FROM added)";
 
-/// Takes this instance's row away, unless an inserter is doing so. $1 = instance.
+/// Removes this instance's row at shutdown, unless an inserter holds it. $1 = instance.
 const UNMARK: &str = "
 DELETE FROM sms_waiter WHERE instance IN (
     SELECT instance FROM sms_waiter WHERE instance = $1 FOR UPDATE SKIP LOCKED)";
@@ -77,7 +79,7 @@ struct Shared {
 }
 
 /// LISTENs and wakes on each notification; writes this instance's row while
-/// `waiter.idle`, and takes it away when not. Until `stop`.
+/// `waiter.idle`. Until `stop`, then removes the row.
 pub(super) async fn watch(
     pool: &PgPool,
     call_timeout: Duration,

@@ -36,7 +36,15 @@ async fn notified(listener: &mut PgListener, within: Duration) -> bool {
     tokio::time::timeout(within, listener.recv()).await.is_ok()
 }
 
-async fn waiters(db: &TestStore) -> i64 {
+/// Rows in `sms_waiter` that still count (an INSERT would notify).
+async fn waiting(db: &TestStore) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM sms_waiter WHERE waiting_until > now()")
+        .fetch_one(pg(db))
+        .await
+        .unwrap()
+}
+
+async fn waiter_rows(db: &TestStore) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM sms_waiter")
         .fetch_one(pg(db))
         .await
@@ -79,7 +87,7 @@ async fn the_trigger_notifies_only_while_a_dispatcher_waits() {
         notified(&mut listener, Duration::from_secs(2)).await,
         "the waiting instance is notified"
     );
-    assert_eq!(waiters(&db).await, 0, "the INSERT took the waiter's row");
+    assert_eq!(waiting(&db).await, 0, "the INSERT took the waiter's row");
 
     db.insert(1, "+254712345678", "woken already").await;
     assert!(
@@ -134,7 +142,7 @@ async fn an_insert_never_waits_for_a_locked_waiter_row() {
         "the INSERT took {took:?}"
     );
     assert_eq!(
-        waiters(&db).await,
+        waiting(&db).await,
         1,
         "the locked row was skipped, not taken"
     );
@@ -154,12 +162,15 @@ async fn an_idle_dispatcher_waits_in_sms_waiter_until_it_stops() {
         let stop = stop.clone();
         async move { dispatcher.run(stop, || {}).await }
     });
-    let waiting = eventually(Duration::from_secs(5), || async { waiters(&db).await == 1 }).await;
+    let marked = eventually(Duration::from_secs(5), || async { waiting(&db).await == 1 }).await;
     stop.cancel();
     running.await.unwrap();
-    assert!(waiting, "an idle dispatcher writes its waiter row");
-    let gone = eventually(Duration::from_secs(2), || async { waiters(&db).await == 0 }).await;
-    assert!(gone, "the row is taken away at shutdown");
+    assert!(marked, "an idle dispatcher writes its waiter row");
+    let gone = eventually(Duration::from_secs(2), || async {
+        waiter_rows(&db).await == 0
+    })
+    .await;
+    assert!(gone, "the row is removed at shutdown");
 }
 
 /// `dispatch.wake_on_insert = false` (behind a transaction-mode pooler): no
@@ -184,7 +195,7 @@ async fn without_wake_on_insert_postgres_polls() {
     .fetch_one(pg(&db))
     .await
     .unwrap();
-    let waiting = waiters(&db).await;
+    let rows = waiter_rows(&db).await;
     let id = db.insert(7, "+254712345678", "polled").await;
     let sent = eventually(Duration::from_secs(5), || async {
         db.status(id).await == "sent"
@@ -192,7 +203,7 @@ async fn without_wake_on_insert_postgres_polls() {
     .await;
     stop.cancel();
     running.await.unwrap();
-    assert_eq!((listening, waiting), (0, 0), "no LISTEN, no waiter row");
+    assert_eq!((listening, rows), (0, 0), "no LISTEN, no waiter row");
     assert!(sent, "sent by the poll");
     assert_eq!(received_ids(&provider).await, [id]);
 }
