@@ -48,6 +48,9 @@ pub(super) struct Schedule {
     /// The wait after the last empty claim: [`QUICK_POLL`] after rows were
     /// found, doubling up to `poll_interval` while claims come back empty.
     idle_poll: Duration,
+    /// A wake-up came while a claim was under way: that claim's snapshot may
+    /// predate the new row, so the next claim must not wait for the poll.
+    woken_since_claim: bool,
     /// `Mode::Once`: the one claim was made (or the paused provider skipped it).
     over: bool,
 }
@@ -62,6 +65,7 @@ impl Schedule {
             backoff: Duration::ZERO,
             // Nothing found yet: the first empty claim waits `poll_interval`.
             idle_poll: Duration::MAX,
+            woken_since_claim: false,
             over: false,
         }
     }
@@ -83,6 +87,12 @@ impl Schedule {
     /// A wake-up (the platform inserted, or `waker()`): look now, unless backing off.
     pub fn woken(&mut self) {
         self.next_at = self.backoff_until.max(Instant::now());
+        self.woken_since_claim = true;
+    }
+
+    /// A claim begins: wake-ups before this are answered by it.
+    pub fn claim_started(&mut self) {
+        self.woken_since_claim = false;
     }
 
     /// How many rows to claim now, if any, with `in_hand` rows in hand.
@@ -117,7 +127,8 @@ impl Schedule {
         }
         .min(poll_interval);
         let now = Instant::now();
-        self.next_at = if got < asked as usize {
+        let woken = std::mem::replace(&mut self.woken_since_claim, false);
+        self.next_at = if got < asked as usize && !woken {
             now + self.idle_poll
         } else {
             now
@@ -272,6 +283,21 @@ mod tests {
             "capped at poll_interval"
         );
         assert!(about(wait_after(&mut schedule, 1, 64, poll), QUICK_POLL));
+    }
+
+    #[test]
+    fn a_wake_up_during_a_claim_brings_the_next_claim_forward() {
+        let poll = Duration::from_secs(1);
+        let mut schedule = Schedule::new(Mode::Continuous);
+        schedule.woken();
+        schedule.claim_started();
+        assert!(
+            about(wait_after(&mut schedule, 0, 64, poll), poll),
+            "answered by that claim"
+        );
+        schedule.claim_started();
+        schedule.woken();
+        assert_eq!(wait_after(&mut schedule, 0, 64, poll), Duration::ZERO);
     }
 
     #[test]

@@ -161,6 +161,7 @@ async fn send_loop(
         if claiming.is_none() && !ctx.stop.is_cancelled() && schedule.is_due() {
             let in_hand = ctx.in_hand(|h| h.len());
             if let Some(size) = schedule.size(o, ctx.provider.readiness(), in_hand) {
+                schedule.claim_started();
                 claiming = Some(Box::pin(async move {
                     (size, claimer::claim_and_triage(ctx, size).await)
                 }));
