@@ -30,6 +30,13 @@ pub(super) enum Mode {
     Continuous,
 }
 
+/// The first poll after a claim that found rows but not a full batch: more
+/// are likely to follow soon (where no wake-up says so: MySQL/MariaDB, or
+/// PostgreSQL with `wake_on_insert = false`). Doubles per empty claim up to
+/// `poll_interval`: 5, 10, 20 ... 640 ms, so about 8 extra empty claims (a
+/// statement or two each) after the last row of a busy spell.
+pub(super) const QUICK_POLL: Duration = Duration::from_millis(5);
+
 /// When the next claim may be made.
 pub(super) struct Schedule {
     mode: Mode,
@@ -38,6 +45,12 @@ pub(super) struct Schedule {
     /// No claim before this, wake-up or not: the database failed.
     backoff_until: Instant,
     backoff: Duration,
+    /// The wait after the last empty claim: [`QUICK_POLL`] after rows were
+    /// found, doubling up to `poll_interval` while claims come back empty.
+    idle_poll: Duration,
+    /// A wake-up came while a claim was under way: that claim's snapshot may
+    /// predate the new row, so the next claim must not wait for the poll.
+    woken_since_claim: bool,
     /// `Mode::Once`: the one claim was made (or the paused provider skipped it).
     over: bool,
 }
@@ -50,6 +63,9 @@ impl Schedule {
             next_at: now,
             backoff_until: now,
             backoff: Duration::ZERO,
+            // Nothing found yet: the first empty claim waits `poll_interval`.
+            idle_poll: Duration::MAX,
+            woken_since_claim: false,
             over: false,
         }
     }
@@ -71,6 +87,12 @@ impl Schedule {
     /// A wake-up (the platform inserted, or `waker()`): look now, unless backing off.
     pub fn woken(&mut self) {
         self.next_at = self.backoff_until.max(Instant::now());
+        self.woken_since_claim = true;
+    }
+
+    /// A claim begins: wake-ups before this are answered by it.
+    pub fn claim_started(&mut self) {
+        self.woken_since_claim = false;
     }
 
     /// How many rows to claim now, if any, with `in_hand` rows in hand.
@@ -94,12 +116,20 @@ impl Schedule {
     }
 
     /// A claim asked for `asked` rows and got `got`. Fewer than asked means
-    /// nothing more is due: wait for the poll or a wake-up.
+    /// nothing more is due: wait for the poll or a wake-up, the poll soon
+    /// after rows were found (see [`QUICK_POLL`]).
     pub fn found(&mut self, got: usize, asked: u32, poll_interval: Duration) {
         self.backoff = Duration::ZERO;
+        self.idle_poll = if got > 0 {
+            QUICK_POLL
+        } else {
+            self.idle_poll.saturating_mul(2)
+        }
+        .min(poll_interval);
         let now = Instant::now();
-        self.next_at = if got < asked as usize {
-            now + poll_interval
+        let woken = std::mem::replace(&mut self.woken_since_claim, false);
+        self.next_at = if got < asked as usize && !woken {
+            now + self.idle_poll
         } else {
             now
         };
@@ -220,4 +250,60 @@ async fn opted_out_among(
         return Ok(HashSet::new());
     }
     Ok(store.opted_out(keys).await?.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How long the schedule waits after a claim of `asked` that got `got`.
+    fn wait_after(schedule: &mut Schedule, got: usize, asked: u32, poll: Duration) -> Duration {
+        schedule.found(got, asked, poll);
+        schedule.next_at.saturating_duration_since(Instant::now())
+    }
+
+    fn about(wait: Duration, expected: Duration) -> bool {
+        wait <= expected && wait + Duration::from_millis(2) >= expected
+    }
+
+    #[test]
+    fn empty_claims_poll_at_the_interval_until_rows_are_found_then_back_off_from_5ms() {
+        let poll = Duration::from_secs(1);
+        let mut schedule = Schedule::new(Mode::Continuous);
+        assert!(about(wait_after(&mut schedule, 0, 64, poll), poll));
+        assert_eq!(wait_after(&mut schedule, 64, 64, poll), Duration::ZERO);
+        assert!(about(wait_after(&mut schedule, 3, 64, poll), QUICK_POLL));
+        let mut expected = QUICK_POLL;
+        for _ in 0..12 {
+            expected = (expected * 2).min(poll);
+            assert!(about(wait_after(&mut schedule, 0, 64, poll), expected));
+        }
+        assert!(
+            about(wait_after(&mut schedule, 0, 64, poll), poll),
+            "capped at poll_interval"
+        );
+        assert!(about(wait_after(&mut schedule, 1, 64, poll), QUICK_POLL));
+    }
+
+    #[test]
+    fn a_wake_up_during_a_claim_brings_the_next_claim_forward() {
+        let poll = Duration::from_secs(1);
+        let mut schedule = Schedule::new(Mode::Continuous);
+        schedule.woken();
+        schedule.claim_started();
+        assert!(
+            about(wait_after(&mut schedule, 0, 64, poll), poll),
+            "answered by that claim"
+        );
+        schedule.claim_started();
+        schedule.woken();
+        assert_eq!(wait_after(&mut schedule, 0, 64, poll), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_poll_interval_under_5ms_stays_the_bound() {
+        let poll = Duration::from_millis(2);
+        let mut schedule = Schedule::new(Mode::Continuous);
+        assert!(wait_after(&mut schedule, 1, 64, poll) <= poll);
+    }
 }

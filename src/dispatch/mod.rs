@@ -19,7 +19,7 @@ mod settle;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::NextState;
@@ -94,6 +94,8 @@ pub struct Dispatcher {
     provider: Arc<dyn Provider>,
     options: Options,
     wake: Arc<Notify>,
+    /// Whether the loop waits idle, for the insert watcher (see [`crate::store::Waiter`]).
+    idle: watch::Sender<bool>,
 }
 
 impl Dispatcher {
@@ -103,6 +105,7 @@ impl Dispatcher {
             provider,
             options,
             wake: Arc::new(Notify::new()),
+            idle: watch::Sender::new(false),
         }
     }
 
@@ -149,8 +152,14 @@ impl Dispatcher {
         let watching = stop.child_token();
         if self.options.wake_on_insert {
             let (store, wake, token) = (self.store.clone(), self.wake.clone(), watching.clone());
+            let (instance, idle) = (self.options.instance.clone(), self.idle.subscribe());
             tokio::spawn(async move {
-                store.watch_inserts(&|| wake.notify_one(), &token).await;
+                let waiter = crate::store::Waiter {
+                    instance: &instance,
+                    wake: &|| wake.notify_one(),
+                    idle,
+                };
+                store.watch_inserts(waiter, &token).await;
             });
         }
         watching.drop_guard()
@@ -184,6 +193,7 @@ impl Dispatcher {
             &self.provider,
             &self.options,
             &self.wake,
+            &self.idle,
             heartbeat,
             stop,
         );

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::Notify;
 use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Outcome;
@@ -42,6 +42,8 @@ pub(super) struct Ctx<'a> {
     pub provider: &'a Arc<dyn Provider>,
     pub options: &'a Options,
     pub wake: &'a Notify,
+    /// Whether the send loop waits idle (for the insert watcher).
+    idle: &'a watch::Sender<bool>,
     pub heartbeat: &'a Heartbeat<'a>,
     pub stop: &'a CancellationToken,
     in_hand: Mutex<InHand>,
@@ -62,6 +64,7 @@ impl<'a> Ctx<'a> {
         provider: &'a Arc<dyn Provider>,
         options: &'a Options,
         wake: &'a Notify,
+        idle: &'a watch::Sender<bool>,
         heartbeat: &'a Heartbeat<'a>,
         stop: &'a CancellationToken,
     ) -> Self {
@@ -70,6 +73,7 @@ impl<'a> Ctx<'a> {
             provider,
             options,
             wake,
+            idle,
             heartbeat,
             stop,
             in_hand: Mutex::new(InHand::new(options.lease)),
@@ -91,6 +95,18 @@ impl<'a> Ctx<'a> {
     /// Waits until no other statement of ours is locking rows in hand.
     pub async fn row_writes(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.row_writes.lock().await
+    }
+
+    /// After a claim: idle when it came back short with nothing in flight
+    /// (said again each time, so the watcher can write its row again after
+    /// a wake-up that found nothing), busy otherwise (said once).
+    fn claimed(&self, idle: bool) {
+        if idle {
+            self.idle.send_replace(true);
+        } else {
+            self.idle
+                .send_if_modified(|was| std::mem::replace(was, false));
+        }
     }
 
     pub fn write_failed(&self) {
@@ -156,6 +172,7 @@ async fn send_loop(
         if claiming.is_none() && !ctx.stop.is_cancelled() && schedule.is_due() {
             let in_hand = ctx.in_hand(|h| h.len());
             if let Some(size) = schedule.size(o, ctx.provider.readiness(), in_hand) {
+                schedule.claim_started();
                 claiming = Some(Box::pin(async move {
                     (size, claimer::claim_and_triage(ctx, size).await)
                 }));
@@ -180,7 +197,8 @@ async fn send_loop(
                 claiming = None;
                 match claimed {
                     Ok(triage) => {
-                        schedule.found(triage.claimed, size, o.poll_interval);
+                        let got = triage.claimed;
+                        schedule.found(got, size, o.poll_interval);
                         report.claimed += triage.claimed;
                         report.expired += triage.expired;
                         for ended in triage.settled {
@@ -188,6 +206,9 @@ async fn send_loop(
                         }
                         for (sms, ready, key) in triage.to_send {
                             in_flight.start(ctx, sms, ready, key);
+                        }
+                        if mode == Mode::Continuous {
+                            ctx.claimed(got < size as usize && in_flight.is_empty());
                         }
                     }
                     Err(e) if mode == Mode::Once => return Err(e),

@@ -38,7 +38,8 @@ pub struct DispatchSettings {
     /// What an ambiguous send (request written, answer lost) leads to.
     pub guarantee: Guarantee,
     /// Wake up when the platform inserts a message instead of at the next
-    /// poll, where the database can tell cheaply (SQLite `PRAGMA data_version`).
+    /// poll, where the database can tell cheaply (SQLite `PRAGMA data_version`,
+    /// PostgreSQL LISTEN/NOTIFY while idle). Off behind a transaction-mode pooler.
     pub wake_on_insert: bool,
 }
 

@@ -13,7 +13,7 @@ use super::query::{self, Arg, Style};
 use super::rows::{self, ATTEMPT_COLUMNS, Columns, EVENT_COLUMNS, SMS_COLUMNS};
 use super::{
     DEMO_CREATE, Directory, DirectoryQueries, Enqueued, Lookup, Messages, OptOuts, Page,
-    QueueStats, Schema, SmsQuery, StoreError,
+    QueueStats, Schema, SmsQuery, StoreError, Waiter,
 };
 use crate::domain::opt_out::OptOutKey;
 use crate::domain::{AttemptRecord, EventRecord, NewSms, Recipient, SmsRecord, Status};
@@ -68,8 +68,8 @@ pub(super) trait Backend: Send + Sync + 'static {
     async fn apply_migrations(&self) -> Result<(), StoreError>;
 
     /// See [`Schema::watch_inserts`]; by default the database cannot tell.
-    async fn watch_inserts(&self, wake: &(dyn Fn() + Send + Sync), stop: &CancellationToken) {
-        let _ = (wake, stop);
+    async fn watch_inserts(&self, waiter: Waiter<'_>, stop: &CancellationToken) {
+        let _ = (waiter, stop);
     }
 
     /// Inserts a new row and returns its id, or `None` when its idempotency
@@ -282,8 +282,8 @@ impl<B: Backend> Schema for B {
         Ok(())
     }
 
-    async fn watch_inserts(&self, wake: &(dyn Fn() + Send + Sync), stop: &CancellationToken) {
-        Backend::watch_inserts(self, wake, stop).await
+    async fn watch_inserts(&self, waiter: Waiter<'_>, stop: &CancellationToken) {
+        Backend::watch_inserts(self, waiter, stop).await
     }
 }
 

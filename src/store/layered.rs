@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Claim, Directory, Enqueued, Leases, Lookup, Messages, OptOuts, Page, PurgeReport, Queue,
     QueueStats, ReapReport, RecordReport, Reports, Retention, Schema, SmsQuery, Store, StoreError,
+    Waiter,
 };
 use crate::domain::opt_out::OptOutKey;
 use crate::domain::outcome::{Guarantee, ReleaseReason};
@@ -123,8 +124,8 @@ impl Schema for Layered {
     async fn create_demo_directory(&self) -> Result<(), StoreError> {
         self.store.create_demo_directory().await
     }
-    async fn watch_inserts(&self, wake: &(dyn Fn() + Send + Sync), stop: &CancellationToken) {
-        self.store.watch_inserts(wake, stop).await
+    async fn watch_inserts(&self, waiter: Waiter<'_>, stop: &CancellationToken) {
+        self.store.watch_inserts(waiter, stop).await
     }
 }
 

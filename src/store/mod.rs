@@ -17,6 +17,7 @@ mod deadline;
 mod errors;
 mod layered;
 pub mod mysql;
+mod pg_wakeups;
 pub mod postgres;
 mod query;
 mod reports;
@@ -39,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use session::Session;
 pub use settings::{DEFAULT_DATABASE_URL, DatabaseSettings};
+pub use wakeups::Waiter;
 
 use errors::Meaning;
 
@@ -445,13 +447,14 @@ pub trait Schema: Send + Sync + 'static {
     /// `smsrelay demo` (see [`DEMO_CREATE`]); rows already there are kept.
     async fn create_demo_directory(&self) -> Result<(), StoreError>;
 
-    /// Calls `wake` soon after the platform commits new messages, until
-    /// `stop`, so the dispatcher need not wait for its next poll. Where the
+    /// Calls `waiter.wake` soon after the platform commits new messages,
+    /// until `stop`, so the dispatcher need not wait for its next poll
+    /// (PostgreSQL only while `waiter.idle` says it waits). Where the
     /// database cannot tell (MySQL/MariaDB) it returns at once and the
     /// dispatcher polls. Trouble is logged and retried here; polling covers
     /// any gap.
-    async fn watch_inserts(&self, wake: &(dyn Fn() + Send + Sync), stop: &CancellationToken) {
-        let _ = (wake, stop);
+    async fn watch_inserts(&self, waiter: Waiter<'_>, stop: &CancellationToken) {
+        let _ = (waiter, stop);
     }
 }
 

@@ -432,6 +432,14 @@ impl Backend for PgStore {
         self.call(async |conn| Ok(sqlx::query_as(DUE_STATS).fetch_one(&mut **conn).await?))
             .await
     }
+
+    async fn watch_inserts(
+        &self,
+        waiter: super::Waiter<'_>,
+        stop: &tokio_util::sync::CancellationToken,
+    ) {
+        super::pg_wakeups::watch(&self.pool, self.call_timeout, waiter, stop).await
+    }
 }
 
 #[async_trait]

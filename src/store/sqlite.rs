@@ -441,8 +441,8 @@ impl Backend for SqliteStore {
         }
     }
 
-    async fn watch_inserts(&self, wake: &(dyn Fn() + Send + Sync), stop: &CancellationToken) {
-        super::wakeups::watch_sqlite(&self.pool.connect_options(), wake, stop).await
+    async fn watch_inserts(&self, waiter: super::Waiter<'_>, stop: &CancellationToken) {
+        super::wakeups::watch_sqlite(&self.pool.connect_options(), waiter.wake, stop).await
     }
 
     async fn due_stats(&self) -> Result<(i64, f64), StoreError> {

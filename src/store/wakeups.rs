@@ -2,11 +2,8 @@
 //! at its next poll. Polling stays on everywhere as the fallback: a
 //! wake-up lost while a connection is being re-made only costs latency.
 //!
-//! - PostgreSQL: not yet. A NOTIFY from a trigger on every INSERT
-//!   serialises the platform's commits on PostgreSQL's notify lock (measured:
-//!   16 concurrent single-row inserters fell from 2,300-4,300 to 330-440
-//!   commits/s), so it must only fire while a dispatcher waits; until then
-//!   PostgreSQL polls.
+//! - PostgreSQL: LISTEN on a connection of its own, and a NOTIFY only while
+//!   a dispatcher waits idle (see `pg_wakeups`).
 //! - SQLite: `PRAGMA data_version` on a dedicated connection changes when
 //!   another connection commits a change to the file; reading it is a
 //!   memory read, so it is checked every [`SQLITE_CHECK_EVERY`].
@@ -17,13 +14,25 @@ use std::time::Duration;
 
 use sqlx::ConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// The dispatcher's side of [`super::Schema::watch_inserts`].
+pub struct Waiter<'a> {
+    /// Names this instance's row in `sms_waiter` (PostgreSQL).
+    pub instance: &'a str,
+    /// Makes the dispatcher claim now.
+    pub wake: &'a (dyn Fn() + Send + Sync),
+    /// `true` while the dispatcher waits idle: its last claim came back
+    /// short and nothing is in flight. Set again after each such claim.
+    pub idle: watch::Receiver<bool>,
+}
 
 /// How often SQLite's `data_version` is read.
 pub(super) const SQLITE_CHECK_EVERY: Duration = Duration::from_millis(5);
 
 /// How long to wait before connecting again after the watch connection failed.
-const RECONNECT_AFTER: Duration = Duration::from_secs(2);
+pub(super) const RECONNECT_AFTER: Duration = Duration::from_secs(2);
 
 /// Reads `PRAGMA data_version` on a connection of its own and wakes on every
 /// change (a commit by any other connection, the platform's or ours).

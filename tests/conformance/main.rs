@@ -60,6 +60,7 @@ mod retention;
 mod schema;
 mod timeout;
 mod unreadable;
+mod wakeups;
 
 use std::time::Duration;
 
