@@ -92,19 +92,23 @@ pub(super) async fn renew_every_third(ctx: &Ctx<'_>, done: &CancellationToken) {
             _ = done.cancelled() => return,
             _ = tokio::time::sleep(next) => {}
         }
-        let rows = ctx.in_hand(|h| h.rows());
-        if rows.is_empty() {
+        // The rows are read once no write of ours holds them: an outcome
+        // group that was under way has been recorded and its rows let go,
+        // so they are not mistaken for rows another instance took over.
+        let renewal = ctx.heartbeat.during(async {
+            let _one_at_a_time = ctx.row_writes().await;
+            let rows = ctx.in_hand(|h| h.rows());
+            if rows.is_empty() {
+                return None;
+            }
+            let started = Instant::now();
+            let renewed = ctx.store.renew(&o.instance, &rows, o.lease).await;
+            Some((rows, started, renewed))
+        });
+        let Some((rows, started, renewed)) = renewal.await else {
             continue;
-        }
-        let started = Instant::now();
-        match ctx
-            .heartbeat
-            .during(async {
-                let _one_at_a_time = ctx.row_writes().await;
-                ctx.store.renew(&o.instance, &rows, o.lease).await
-            })
-            .await
-        {
+        };
+        match renewed {
             Ok(renewed) => {
                 if renewed < rows.len() as u64 {
                     metrics::counter!("smsrelay_leases_lost_total")
