@@ -25,16 +25,28 @@ CREATE TABLE sms_waiter (
 --
 -- SKIP LOCKED: a waiter row locked by another inserter (who is about to
 -- notify) or by the dispatcher writing it never makes the platform wait.
-CREATE FUNCTION sms_wake_waiters() RETURNS trigger LANGUAGE plpgsql AS $$
+--
+-- SECURITY DEFINER: the trigger runs in the platform's transaction, often
+-- as a role of its own that may only INSERT into `sms`; it reads and writes
+-- `sms_waiter` with the rights of the role that ran the migrations, with
+-- the search_path of that moment. And a wake-up is never worth the
+-- platform's transaction: if taking the row fails anyway, the error is
+-- swallowed and the dispatcher's poll finds the message.
+CREATE FUNCTION sms_wake_waiters() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM sms_waiter WHERE waiting_until > now()) THEN
-        UPDATE sms_waiter SET waiting_until = '-infinity' WHERE instance IN (
-            SELECT instance FROM sms_waiter
-            WHERE waiting_until > now()
-            FOR UPDATE SKIP LOCKED);
-        IF FOUND THEN
-            PERFORM pg_notify('smsrelay_sms', '');
-        END IF;
+        BEGIN
+            UPDATE sms_waiter SET waiting_until = '-infinity' WHERE instance IN (
+                SELECT instance FROM sms_waiter
+                WHERE waiting_until > now()
+                FOR UPDATE SKIP LOCKED);
+            IF FOUND THEN
+                PERFORM pg_notify('smsrelay_sms', '');
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            NULL;
+        END;
     END IF;
     RETURN NULL;
 END

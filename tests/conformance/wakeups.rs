@@ -207,3 +207,47 @@ async fn without_wake_on_insert_postgres_polls() {
     assert!(sent, "sent by the poll");
     assert_eq!(received_ids(&provider).await, [id]);
 }
+
+/// The platform connects as a role of its own that may only INSERT into
+/// `sms`: the trigger must still work for it (it runs with the rights of
+/// smsrelay's role) and never make the platform's INSERT fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_by_a_platform_role_without_rights_on_sms_waiter_goes_through_and_notifies() {
+    let Some(db) = postgres().await else { return };
+    let role = format!("platform_{}", std::process::id());
+    let setup = format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN;
+         GRANT INSERT ON sms TO {role};
+         GRANT USAGE ON SCHEMA public TO {role};
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(setup))
+        .execute(pg(&db))
+        .await
+        .unwrap();
+    let mut listener = listener(&db).await;
+    mark_waiting(&db, "idle-instance").await;
+
+    let options: sqlx::postgres::PgConnectOptions = db.url.parse().unwrap();
+    let mut platform = PgConnection::connect_with(&options.username(&role))
+        .await
+        .expect("connect as the platform's role");
+    let inserted = sqlx::query(
+        "INSERT INTO sms (client_id, mobile_no, message) VALUES (1, '+254712345678', 'from the platform')",
+    )
+    .execute(&mut platform)
+    .await;
+    platform.close().await.ok();
+    let woken = notified(&mut listener, Duration::from_secs(2)).await;
+    // The role name is ours (a number), not input.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "REVOKE ALL ON sms FROM {role}; REVOKE ALL ON SCHEMA public FROM {role};
+         REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {role}; DROP ROLE {role};"
+    )))
+    .execute(pg(&db))
+    .await
+    .unwrap();
+    inserted.expect("the platform's INSERT goes through");
+    assert!(woken, "the waiting instance is notified");
+    assert_eq!(waiting(&db).await, 0, "the INSERT took the waiter's row");
+}
